@@ -1,0 +1,205 @@
+"""Typed access to `include/config/*.yaml`, with environment overrides.
+
+Configuration is data: the YAML files hold every setting, and a few environment variables
+(named in the YAML comments) override them so the local stack and the tests can point the
+same code at their own ports. A bad value raises `ConfigError` naming the file, the field and
+the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR_ENV = "CANDLEFLOW_CONFIG_DIR"
+EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
+TIMEFRAMES = ("1m", "5m", "15m", "1h")
+TIMEFRAME_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field and the fix."""
+
+
+def config_dir() -> Path:
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return Path(env)
+    # include/candleflow/config.py -> include/config
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    path = config_dir() / name
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found; set {CONFIG_DIR_ENV} to the folder holding {name}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _require(data: dict, key: str, where: str) -> Any:
+    if key not in data or data[key] is None:
+        raise ConfigError(f"{where}: field '{key}' is missing; add it (see the comments in that file)")
+    return data[key]
+
+
+def parse_timeframe(value: str, where: str = "timeframe") -> str:
+    if value not in TIMEFRAME_MS:
+        raise ConfigError(f"{where}: unknown timeframe {value!r}; use one of {', '.join(TIMEFRAMES)}")
+    return value
+
+
+def parse_utc(value: Any, where: str) -> datetime:
+    """Parse an ISO-8601 instant; naive values are refused rather than guessed."""
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        try:
+            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {value!r} is not an ISO-8601 time; write e.g. 2024-09-20T00:00:00Z") from exc
+    if dt.tzinfo is None:
+        raise ConfigError(f"{where}: {value!r} has no time zone; append Z for UTC")
+    return dt
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    id: str
+    quotes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Universe:
+    symbols: tuple[str, ...]
+    timeframes: tuple[str, ...]
+    exchanges: dict[str, ExchangeConfig]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (exchange, symbol) combination, in a stable order."""
+        return [(ex, sym) for ex in self.exchanges for sym in self.symbols]
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    bucket: str
+    aws_conn_id: str
+    ohlcv_prefix: str = "ohlcv"
+    quarantine_prefix: str = "quarantine"
+    staging_prefix: str = "_staging"
+    datasets_prefix: str = "datasets"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    exchange_mode: str
+    emulator_url: str
+    lake: LakeConfig
+    mlflow_conn_id: str
+    alerts_conn_id: str
+    demo_start: datetime
+    demo_end: datetime
+
+
+@dataclass(frozen=True)
+class SageMakerConfig:
+    role_arn: str
+    image_uri: str
+    instance_type: str
+    instance_count: int
+    volume_size_gb: int
+    use_spot: bool
+    max_run_seconds: int
+    max_wait_seconds: int
+    output_prefix: str
+    checkpoint_prefix: str
+    run_locally_after_submit: bool
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    backend: str
+    lookback_days: int
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    sagemaker: SageMakerConfig | None = None
+
+
+def load_universe() -> Universe:
+    where = str(config_dir() / "universe.yaml")
+    data = load_yaml("universe.yaml")
+    symbols = tuple(str(s).upper() for s in _require(data, "symbols", where))
+    if not symbols:
+        raise ConfigError(f"{where}: field 'symbols' is empty; list at least one base asset such as BTC")
+    timeframes = tuple(parse_timeframe(tf, f"{where}: timeframes") for tf in _require(data, "timeframes", where))
+    exchanges: dict[str, ExchangeConfig] = {}
+    for ex_id, ex in (_require(data, "exchanges", where) or {}).items():
+        if ex_id not in EXCHANGES:
+            raise ConfigError(f"{where}: exchanges.{ex_id} is not supported; use one of {', '.join(EXCHANGES)}")
+        quotes = tuple(str(q).upper() for q in (ex or {}).get("quotes", ["USDT", "USD"]))
+        exchanges[ex_id] = ExchangeConfig(id=ex_id, quotes=quotes)
+    return Universe(symbols=symbols, timeframes=timeframes, exchanges=exchanges)
+
+
+def load_pipeline() -> PipelineConfig:
+    where = str(config_dir() / "pipeline.yaml")
+    data = load_yaml("pipeline.yaml")
+    mode = os.environ.get("CANDLEFLOW_EXCHANGE_MODE", data.get("exchange_mode", "emulator"))
+    if mode not in ("emulator", "live"):
+        raise ConfigError(f"{where}: exchange_mode {mode!r} is invalid; use 'emulator' or 'live'")
+    lake = dict(_require(data, "lake", where))
+    lake["bucket"] = os.environ.get("CANDLEFLOW_LAKE_BUCKET", lake.get("bucket"))
+    _require(lake, "bucket", f"{where}: lake")
+    _require(lake, "aws_conn_id", f"{where}: lake")
+    demo = data.get("demo", {})
+    start = parse_utc(_require(demo, "start", f"{where}: demo"), f"{where}: demo.start")
+    end = parse_utc(_require(demo, "end", f"{where}: demo"), f"{where}: demo.end")
+    if end <= start:
+        raise ConfigError(f"{where}: demo.end ({end}) must be after demo.start ({start})")
+    return PipelineConfig(
+        exchange_mode=mode,
+        emulator_url=os.environ.get("CANDLEFLOW_EMULATOR_URL", data.get("emulator_url", "http://127.0.0.1:8765")),
+        lake=LakeConfig(**lake),
+        mlflow_conn_id=data.get("mlflow", {}).get("conn_id", "mlflow_default"),
+        alerts_conn_id=data.get("alerts", {}).get("conn_id", "candleflow_alerts"),
+        demo_start=start,
+        demo_end=end,
+    )
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_training() -> TrainingConfig:
+    where = str(config_dir() / "training.yaml")
+    data = load_yaml("training.yaml")
+    backend = os.environ.get("CANDLEFLOW_TRAINING_BACKEND", data.get("backend", "local"))
+    if backend not in ("local", "sagemaker"):
+        raise ConfigError(f"{where}: backend {backend!r} is invalid; use 'local' or 'sagemaker'")
+    sm = data.get("sagemaker")
+    sagemaker = None
+    if sm:
+        sm = dict(sm)
+        sm["run_locally_after_submit"] = _env_bool(
+            "CANDLEFLOW_SAGEMAKER_RUN_LOCALLY", bool(sm.get("run_locally_after_submit", False))
+        )
+        if sm.get("use_spot") and int(sm["max_wait_seconds"]) < int(sm["max_run_seconds"]):
+            raise ConfigError(f"{where}: sagemaker.max_wait_seconds must be >= max_run_seconds when use_spot is true")
+        sagemaker = SageMakerConfig(**sm)
+    return TrainingConfig(
+        backend=backend,
+        lookback_days=int(data.get("lookback_days", 60)),
+        hyperparameters=dict(data.get("hyperparameters", {})),
+        sagemaker=sagemaker,
+    )
