@@ -1,0 +1,47 @@
+"""
+### ohlcv_backfill — collect a chosen range of candles in one run, from a form
+
+Trigger it with **Trigger Dag**: pick exchanges, symbols, the timeframe and the UTC window. The
+request is validated before any exchange is called (unknown symbol, end before start, a window not
+on a candle boundary are refused with the field named). Each (exchange, symbol) is then
+collected, checked and published exactly as in `ohlcv_ingest`; object keys are deterministic per
+window and day, so re-running the same request leaves the lake as one run would.
+
+Leave *exchanges* or *symbols* empty for the whole universe.
+"""
+
+from datetime import datetime, timezone
+
+from airflow.sdk import Param, dag
+
+from candleflow.config import EXCHANGES, TIMEFRAMES
+from candleflow_airflow.defaults import default_args
+from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
+
+
+@dag(
+    dag_id="ohlcv_backfill",
+    schedule=None,
+    start_date=datetime(2017, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    doc_md=__doc__,
+    tags=["candleflow", "ingest", "ohlcv", "backfill"],
+    params={
+        "exchanges": Param([], type="array", items={"type": "string", "enum": list(EXCHANGES)},
+                           title="Exchanges", description="Empty: every exchange of the universe."),
+        "symbols": Param([], type="array", items={"type": "string"}, title="Symbols",
+                         description="Base assets, e.g. BTC, ETH. Empty: every symbol of the universe."),
+        "timeframe": Param("1h", type="string", enum=list(TIMEFRAMES), title="Timeframe"),
+        "start": Param("2024-09-20T00:00:00+00:00", type="string", format="date-time", title="Start (UTC)",
+                       description="Inclusive; on a candle boundary."),
+        "end": Param("2024-10-30T00:00:00+00:00", type="string", format="date-time", title="End (UTC)",
+                     description="Exclusive; after start."),
+    },
+)
+def ohlcv_backfill():
+    ohlcv_ingest_graph(plan_from_params())
+
+
+ohlcv_backfill()

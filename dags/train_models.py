@@ -1,0 +1,56 @@
+"""
+### train_models — one model per symbol, trained on every exchange's candles, registered in MLflow
+
+Runs when the `candleflow_ohlcv` asset is updated (an ingest or backfill landed candles) and by
+hand with the form below. For each symbol it snapshots the lake's candles of the training window
+(all exchanges that list it) into a training channel, trains the LSTM with the configured backend
+— `local` (default: a subprocess on this worker) or `sagemaker` (a real SageMaker training job:
+spot, checkpoints, instance type from `include/config/training.yaml`) — and registers the model
+in MLflow as `candleflow-<symbol>-<timeframe>`, with alias `champion` when there is none yet.
+
+Both backends run the same entry point (`candleflow.training.entrypoint`) under the SageMaker
+container contract. A retry of the SageMaker task reattaches to its job instead of paying twice.
+"""
+
+from datetime import datetime, timezone
+
+# The provider's operator module pulls in boto3 (~0.5 s). Named here at top level, the dag
+# processor pre-imports it once in its parent process (parsing_pre_import_modules) instead of in
+# every parse; the operator itself is built in candleflow_airflow.training.
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator  # noqa: F401
+from airflow.sdk import Param, dag
+
+from candleflow.config import TIMEFRAMES
+from candleflow_airflow.assets import OHLCV
+from candleflow_airflow.defaults import default_args
+from candleflow_airflow.training import train_models_graph
+
+
+@dag(
+    dag_id="train_models",
+    schedule=[OHLCV],
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(retries=2),
+    doc_md=__doc__,
+    tags=["candleflow", "training", "mlflow"],
+    params={
+        "symbols": Param([], type="array", items={"type": "string"}, title="Symbols",
+                         description="Base assets to train, e.g. BTC. Empty: every symbol of the universe."),
+        "timeframe": Param("1h", type="string", enum=list(TIMEFRAMES), title="Timeframe"),
+        "backend": Param(None, type=["null", "string"], enum=[None, "local", "sagemaker"], title="Backend",
+                         description="Empty: the configured backend (include/config/training.yaml)."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=500, title="Epochs",
+                        description="Empty: the configured hyperparameters."),
+        "lookback_days": Param(None, type=["null", "integer"], minimum=1, title="Lookback (days)",
+                               description="Days of history to train on. Empty: the configured lookback."),
+        "end": Param(None, type=["null", "string"], format="date-time", title="Window end (UTC)",
+                     description="Empty: the end of the triggering ingest run's data, else now."),
+    },
+)
+def train_models():
+    train_models_graph()
+
+
+train_models()
