@@ -151,7 +151,8 @@ def announce(published, outlet_events=None) -> dict:
     return summary
 
 
-@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+# The watcher only mirrors failures that already alerted: no alert, no retry of its own.
+@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
 def fail_if_any_pair_failed() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 

@@ -287,7 +287,8 @@ def announce_models(registered, outlet_events=None) -> list[dict]:
     return done
 
 
-@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+# The watcher only mirrors failures that already alerted: no alert, no retry of its own.
+@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
 def fail_if_any_symbol_failed() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
