@@ -1,18 +1,19 @@
-"""The per-symbol training task graph of `train_models`.
+"""The training task graph of `train_models`: two flat mapped lanes, one per backend.
 
-    plan_training ──► symbol[…] (mapped task group) ──► announce_models
-        prepare_dataset ─► choose_backend ─┬─► train_local ─────────────────────────────┐
-                                           └─► sagemaker_config ─► submit_sagemaker ─► collect_sagemaker ─┤
-                                                                                          register ◄──┘
+    plan_training ─► prepare_dataset[sym] ─┬─► local_jobs ──────► train_local[sym] ─────────────────────► register_local[sym] ──┐
+                                           └─► sagemaker_jobs ──► submit_sagemaker[sym] ─► collect_sagemaker[sym] ─► register_sagemaker[sym] ─┤
+                                                                                                      announce_models ◄┘ (+ watcher)
 
-Both backends run the same entry point under the SageMaker training-container contract and leave
-`model.tar.gz` at `<output>/<job name>/output/`, plus a small `candleflow-result.json` beside the
-request's job folder; `register` reads that, so it does not care which backend ran.
+The backend is chosen per run (form or include/config/training.yaml); the other lane maps over
+an empty list and shows as skipped. (Branching inside a mapped task group does not skip reliably
+in Airflow 3.3, hence lanes rather than a branch.) Both backends run the same entry point under
+the SageMaker training-container contract and leave `model.tar.gz` at
+`<output>/<job name>/output/`; the outcome each lane hands to `register` names it.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import TriggerRule, get_current_context, task, task_group
+from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import MODELS
 
@@ -147,23 +148,11 @@ def prepare_dataset(request: dict) -> dict:
     }
 
 
-@task.branch
-def choose_backend(prepared: dict) -> str:
-    group = get_current_context()["ti"].task_id.rsplit(".", 1)[0]
-    return f"{group}.train_local" if prepared["backend"] == "local" else f"{group}.sagemaker_config"
-
-
-def _result_key(spec: dict) -> tuple[str, str]:
-    """Where a finished job's outcome is recorded (bucket, key): beside its output."""
-    bucket, _, prefix = spec["output_s3_uri"].removeprefix("s3://").partition("/")
-    return bucket, f"{prefix.rstrip('/')}/{spec['job_name']}/candleflow-result.json"
-
-
-def _write_result(s3, spec: dict, result: dict) -> None:
-    import json
-
-    bucket, key = _result_key(spec)
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(result, sort_keys=True).encode())
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def jobs_for_backend(prepared, backend: str) -> list[dict]:
+    """The prepared jobs of this run's backend (all of them, or none); symbols whose dataset
+    failed are left out here and fail the run through the watcher."""
+    return [p for p in (prepared or []) if p and p["backend"] == backend]
 
 
 @task
@@ -182,10 +171,8 @@ def train_local(prepared: dict) -> dict:
         result = run_training_job(spec, s3, workdir)
     logging.getLogger("candleflow.training").info("local job %s: %s", spec.job_name,
                                                    cost_line(spec, result.billable_seconds, local=True))
-    outcome = {"job_name": result.job_name, "model_s3_uri": result.model_s3_uri,
-               "billable_seconds": result.billable_seconds, "backend": "local"}
-    _write_result(s3, prepared["spec"], outcome)
-    return outcome
+    return {**prepared, "job_name": result.job_name, "model_s3_uri": result.model_s3_uri,
+            "billable_seconds": result.billable_seconds, "backend": "local"}
 
 
 @task
@@ -198,7 +185,7 @@ def sagemaker_config(prepared: dict) -> dict:
 
 
 @task
-def collect_sagemaker(prepared: dict, submitted: dict) -> dict:
+def collect_sagemaker(submitted: dict, prepared_jobs: list[dict]) -> dict:
     """Record the SageMaker job's outcome; offline (moto), first run the submitted spec locally."""
     import logging
     import tempfile
@@ -212,6 +199,7 @@ def collect_sagemaker(prepared: dict, submitted: dict) -> dict:
     s3 = _s3_client(cfg.lake.aws_conn_id)
     description = submitted["Training"]
     spec = spec_from_description(description)
+    prepared = next(p for p in prepared_jobs if p["spec"]["symbol"] == spec.symbol)
     if load_training().sagemaker.run_locally_after_submit:
         # moto accepts the job and marks it Completed without running anything: execute exactly
         # the submitted spec so the artifact exists where SageMaker would have put it.
@@ -222,14 +210,12 @@ def collect_sagemaker(prepared: dict, submitted: dict) -> dict:
         model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
         billable = int(description.get("BillableTimeInSeconds") or 0)
     log.info("SageMaker job %s: %s", spec.job_name, cost_line(spec, billable))
-    outcome = {"job_name": spec.job_name, "model_s3_uri": model_uri, "billable_seconds": billable,
-               "backend": "sagemaker"}
-    _write_result(s3, prepared["spec"], outcome)
-    return outcome
+    return {**prepared, "job_name": spec.job_name, "model_s3_uri": model_uri, "billable_seconds": billable,
+            "backend": "sagemaker"}
 
 
-@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-def register(prepared: dict) -> dict:
+@task
+def register(outcome: dict) -> dict:
     import json
     import tempfile
 
@@ -239,48 +225,27 @@ def register(prepared: dict) -> dict:
 
     cfg = load_pipeline()
     s3 = _s3_client(cfg.lake.aws_conn_id)
-    spec = prepared["spec"]
-    bucket, key = _result_key(spec)
-    outcome = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    spec = outcome["spec"]
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         model_dir = download_model(s3, outcome["model_s3_uri"], tmp)
         metrics = json.loads((model_dir / "metrics.json").read_text())
         version = registry.log_and_register(
             _tracking_uri(cfg.mlflow_conn_id),
             symbol=spec["symbol"], timeframe=spec["timeframe"], model_dir=model_dir, metrics=metrics,
-            params={**spec["hyperparameters"], "rows": prepared["rows"], "exchanges": ",".join(prepared["exchanges"]),
-                    "window_start": prepared["window"][0], "window_end": prepared["window"][1],
+            params={**spec["hyperparameters"], "rows": outcome["rows"], "exchanges": ",".join(outcome["exchanges"]),
+                    "window_start": outcome["window"][0], "window_end": outcome["window"][1],
                     "instance_type": spec["instance_type"], "billable_seconds": outcome["billable_seconds"]},
-            lake_sources=prepared["sources"], job_name=outcome["job_name"], backend=outcome["backend"],
+            lake_sources=outcome["sources"], job_name=outcome["job_name"], backend=outcome["backend"],
         )
     return {"symbol": spec["symbol"], "name": version.name, "version": version.version,
             "run_id": version.run_id, "alias": version.alias}
 
 
-@task_group(group_id="symbol")
-def train_symbol(request: dict):
-    from candleflow_airflow.sagemaker import ReattachingSageMakerTrainingOperator
-
-    prepared = prepare_dataset(request)
-    branch = choose_backend(prepared)
-    local = train_local(prepared)
-    config = sagemaker_config(prepared)
-    submitted = ReattachingSageMakerTrainingOperator(
-        task_id="submit_sagemaker", config=config, aws_conn_id="aws_default",
-        wait_for_completion=True, print_log=False, check_interval=5,
-    )
-    collected = collect_sagemaker(prepared, submitted.output)
-    branch >> [local, config]
-    registered = register(prepared)
-    [local, collected] >> registered
-    return registered
-
-
 @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[MODELS])
-def announce_models(registered, outlet_events=None) -> list[dict]:
+def announce_models(registered_local, registered_sagemaker, outlet_events=None) -> list[dict]:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    done = [r for r in (registered or []) if r]
+    done = [r for r in [*(registered_local or []), *(registered_sagemaker or [])] if r]
     if not done:
         raise AirflowSkipException("no model was registered in this run")
     outlet_events[MODELS].extra = {"models": [f"{r['name']}/{r['version']}" for r in done]}
@@ -296,9 +261,22 @@ def fail_if_any_symbol_failed() -> None:
 
 
 def train_models_graph() -> None:
-    registered = train_symbol.expand(request=plan_training())
-    done = announce_models(registered)
-    watcher = fail_if_any_symbol_failed()
-    registered >> watcher
-    done >> watcher
+    from candleflow_airflow.sagemaker import ReattachingSageMakerTrainingOperator
 
+    prepared = prepare_dataset.expand(request=plan_training())
+    local_jobs = jobs_for_backend.override(task_id="local_jobs")(prepared, backend="local")
+    sagemaker_jobs = jobs_for_backend.override(task_id="sagemaker_jobs")(prepared, backend="sagemaker")
+
+    registered_local = register.override(task_id="register_local").expand(
+        outcome=train_local.expand(prepared=local_jobs))
+
+    submitted = ReattachingSageMakerTrainingOperator.partial(
+        task_id="submit_sagemaker", aws_conn_id="aws_default", wait_for_completion=True, print_log=False,
+        check_interval=5,
+    ).expand(config=sagemaker_config.expand(prepared=sagemaker_jobs))
+    collected = collect_sagemaker.partial(prepared_jobs=sagemaker_jobs).expand(submitted=submitted.output)
+    registered_sagemaker = register.override(task_id="register_sagemaker").expand(outcome=collected)
+
+    done = announce_models(registered_local, registered_sagemaker)
+    watcher = fail_if_any_symbol_failed()
+    [prepared, registered_local, registered_sagemaker, done] >> watcher

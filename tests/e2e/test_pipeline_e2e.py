@@ -1,0 +1,170 @@
+"""The whole pipeline end to end with dag.test(), against the real stand-ins the session starts:
+the exchange emulator (clock replaying from 2024-10-30T00:30Z), the moto server (S3 + SageMaker
+API) and a real MLflow server. Nothing is mocked in Python.
+
+One module-scoped scenario, in the order a user meets it:
+1. `ohlcv_backfill` for BTC/ETH/SOL × five exchanges over 10 days, with the emulator serving a
+   bad print (high < low) for kraken ETH: 14 pairs land, kraken ETH is quarantined, the run fails.
+2. The same backfill again: the lake's objects and bytes are identical.
+3. `ohlcv_ingest` for one hourly interval: one more object per pair.
+4. `train_models` (local backend): one registered model per symbol, alias champion.
+5. `train_models` with the SageMaker backend for BTC: a real CreateTrainingJob on moto, the
+   submitted job executed by the local runner, version 2 registered, champion unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import datetime, timezone
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EXCHANGES = ["binance", "coinbase", "kraken", "bybit", "okx"]
+SYMBOLS = ["BTC", "ETH", "SOL"]
+START = "2024-10-20T00:00:00+00:00"
+END = "2024-10-30T00:00:00+00:00"
+DAYS = 10
+CANDLES = DAYS * 24
+
+
+def _admin(url: str, path: str, body) -> None:
+    req = urllib.request.Request(f"{url}/__admin/{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+def _get_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=f"dags/{dag_id}.py").get_dag(dag_id)
+
+
+def _task_states(run) -> dict[tuple[str, int], str]:
+    from airflow.settings import Session
+
+    with Session() as session:
+        return {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances(session=session)}
+
+
+@pytest.fixture(scope="module")
+def lake(pipeline_env, s3_client):
+    from candleflow.config import load_pipeline
+
+    return s3_client, load_pipeline().lake.bucket
+
+
+@pytest.fixture(scope="module")
+def backfill(airflow_db, pipeline_env, emulator_server, lake):
+    from candleflow import lake as lake_mod
+
+    _admin(emulator_server, "faults", [{"exchange": "kraken", "symbol": "ETH", "kind": "ohlc_inconsistent"}])
+    conf = {"exchanges": EXCHANGES, "symbols": SYMBOLS, "timeframe": "1h", "start": START, "end": END}
+    try:
+        run = _get_dag("ohlcv_backfill").test(run_conf=conf)
+        first = lake_mod.list_objects(*lake, prefix="ohlcv/")
+        quarantine = lake_mod.list_objects(*lake, prefix="quarantine/")
+        rerun = _get_dag("ohlcv_backfill").test(run_conf=conf)
+        second = lake_mod.list_objects(*lake, prefix="ohlcv/")
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{emulator_server}/__admin/faults", method="DELETE"))
+    return {"run": run, "rerun": rerun, "first": first, "second": second, "quarantine": quarantine}
+
+
+def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, lake):
+    from candleflow import lake as lake_mod
+
+    assert backfill["run"].state == "failed"  # a quarantined pair fails the run, visibly
+    states = _task_states(backfill["run"])
+    assert sum(1 for (t, _), s in states.items() if t == "pair.publish" and s == "success") == 14
+    assert sum(1 for (t, _), s in states.items() if t == "pair.validate" and s == "failed") == 1
+    assert states[("announce", -1)] == "success"
+    assert states[("fail_if_any_pair_failed", -1)] == "failed"
+
+    keys = backfill["first"]
+    for exchange in EXCHANGES:
+        for symbol in SYMBOLS:
+            pair_keys = [k for k in keys if f"exchange={exchange}/symbol={symbol}/" in k]
+            if (exchange, symbol) == ("kraken", "ETH"):
+                assert pair_keys == []
+            else:
+                assert len(pair_keys) == DAYS, (exchange, symbol, pair_keys)
+                assert all("/timeframe=1h/date=2024-10-" in k and k.endswith(".parquet") for k in pair_keys)
+
+    frame = lake_mod.read(*lake, timeframe="1h", start=datetime(2024, 10, 20, tzinfo=timezone.utc),
+                          end=datetime(2024, 10, 30, tzinfo=timezone.utc))
+    counts = frame.groupby(["exchange", "symbol"]).size().to_dict()
+    assert len(counts) == 14
+    assert set(counts.values()) == {CANDLES}, counts
+    assert not frame.duplicated(["exchange", "symbol", "timeframe", "ts"]).any()
+
+    quarantined = list(backfill["quarantine"])
+    assert any("exchange=kraken/symbol=ETH/" in k and k.endswith(".parquet") for k in quarantined)
+    report_key = next(k for k in quarantined if k.endswith("report.json"))
+    s3, bucket = lake
+    report = json.loads(s3.get_object(Bucket=bucket, Key=report_key)["Body"].read())
+    assert report["success"] is False
+
+
+def test_rerunning_the_backfill_leaves_identical_objects(backfill):
+    assert backfill["first"] and backfill["second"] == backfill["first"]
+
+
+def test_hourly_ingest_run_writes_its_interval(backfill, lake):
+    from candleflow import lake as lake_mod
+
+    run = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=timezone.utc))
+    start, end = run.data_interval_start, run.data_interval_end
+    assert (end - start).total_seconds() == 3600
+    frame = lake_mod.read(*lake, timeframe="1h", start=start, end=end)
+    assert len(frame) == 15 and set(frame["ts"]) == {start}
+    tag = start.strftime("%Y%m%dT%H%M%SZ")
+    hourly = [k for k in lake_mod.list_objects(*lake, prefix="ohlcv/") if f"part-{tag}_" in k]
+    assert len(hourly) == 15
+
+
+@pytest.fixture(scope="module")
+def trained(backfill, mlflow_server):
+    run = _get_dag("train_models").test(run_conf={"end": END, "lookback_days": DAYS, "epochs": 2})
+    return run
+
+
+def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    assert trained.state == "success", _task_states(trained)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    for symbol in SYMBOLS:
+        name = f"candleflow-{symbol.lower()}-1h"
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.version == "1"
+        mlflow_run = client.get_run(champion.run_id)
+        assert mlflow_run.data.params["window_end"].startswith("2024-10-30")
+        assert "val_directional_accuracy" in " ".join(mlflow_run.data.metrics)
+        exchanges = mlflow_run.data.params["exchanges"].split(",")
+        assert len(exchanges) == (4 if symbol == "ETH" else 5)
+
+
+def test_sagemaker_backend_submits_a_real_job_and_registers_its_model(trained, mlflow_server, local_stack):
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    run = _get_dag("train_models").test(run_conf={"end": END, "lookback_days": DAYS, "epochs": 1,
+                                                  "symbols": ["BTC"], "backend": "sagemaker"})
+    assert run.state == "success", _task_states(run)
+    sagemaker = boto3.client("sagemaker", endpoint_url=local_stack.s3_endpoint, region_name="us-east-1")
+    jobs = sagemaker.list_training_jobs()["TrainingJobSummaries"]
+    assert len(jobs) == 1
+    job = sagemaker.describe_training_job(TrainingJobName=jobs[0]["TrainingJobName"])
+    assert job["EnableManagedSpotTraining"] is True
+    assert job["StoppingCondition"]["MaxWaitTimeInSeconds"] >= job["StoppingCondition"]["MaxRuntimeInSeconds"]
+    assert job["CheckpointConfig"]["S3Uri"].startswith("s3://")
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    versions = client.search_model_versions("name='candleflow-btc-1h'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert client.get_model_version_by_alias("candleflow-btc-1h", "champion").version == "1"
+    v2 = next(v for v in versions if v.version == "2")
+    assert client.get_run(v2.run_id).data.tags.get("candleflow.backend") == "sagemaker"
