@@ -211,7 +211,9 @@ class LocalStack:
             self.ensure_buckets()
         if name == "airflow":
             self._prepare_airflow_home()
-        env = {**os.environ, **service.env, "PYTHONUNBUFFERED": "1"}
+        # `airflow standalone` starts its components as `airflow …` from PATH: the venv's first.
+        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, **service.env, "PYTHONUNBUFFERED": "1", "PATH": path}
         log = self.log_file(name).open("ab")
         proc = subprocess.Popen(
             service.argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
