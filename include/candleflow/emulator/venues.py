@@ -1,0 +1,417 @@
+"""Each emulated exchange's native REST surface: the markets and OHLCV endpoints ccxt calls, with
+the exchange's own JSON shapes, paging rules and error bodies, so an unmodified ccxt client parses
+them exactly as it parses the real venue.
+
+| exchange | markets                                   | candles                                   | page (max)            |
+|----------|-------------------------------------------|-------------------------------------------|-----------------------|
+| binance  | GET /api/v3/exchangeInfo                  | GET /api/v3/klines (ascending)            | 1000, default 500     |
+| coinbase | GET /api/v3/brokerage/market/products     | GET …/products/{id}/candles (newest first)| 350 per start..end    |
+| kraken   | GET /0/public/AssetPairs                  | GET /0/public/OHLC                        | the 720 most recent   |
+| bybit    | GET /v5/market/instruments-info           | GET /v5/market/kline (newest first)       | 1000, default 200     |
+| okx      | GET /api/v5/public/instruments            | GET /api/v5/market/(history-)candles      | 300 (recent), 100     |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+import numpy as np
+
+from candleflow.emulator.market_data import CandleSource, EmulatorConfig
+
+BINANCE_INTERVALS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+                     "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "1d": 86_400_000}
+COINBASE_GRANULARITY = {"ONE_MINUTE": 60_000, "FIVE_MINUTE": 300_000, "FIFTEEN_MINUTE": 900_000,
+                        "THIRTY_MINUTE": 1_800_000, "ONE_HOUR": 3_600_000, "TWO_HOUR": 7_200_000,
+                        "SIX_HOUR": 21_600_000, "ONE_DAY": 86_400_000}
+KRAKEN_INTERVALS = {str(m): m * 60_000 for m in (1, 5, 15, 30, 60, 240, 1440)}
+BYBIT_INTERVALS = {"1": 60_000, "3": 180_000, "5": 300_000, "15": 900_000, "30": 1_800_000,
+                   "60": 3_600_000, "120": 7_200_000, "240": 14_400_000, "D": 86_400_000}
+OKX_BARS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+            "1H": 3_600_000, "2H": 7_200_000, "4H": 14_400_000, "1Dutc": 86_400_000}
+# kraken still names the oldest assets with an X prefix (and bitcoin XBT)
+KRAKEN_LEGACY = {"BTC": "XXBT", "ETH": "XETH", "LTC": "XLTC", "XLM": "XXLM", "ETC": "XETC"}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: object
+    headers: dict[str, str] | None = None
+
+
+class BadRequest(Exception):
+    def __init__(self, reply: Reply):
+        super().__init__(str(reply.body))
+        self.reply = reply
+
+
+def _num(x: float) -> str:
+    return f"{x:.10g}" if abs(x) >= 1 else f"{x:.8g}"
+
+
+def _int(query: dict, name: str, default: int | None, error) -> int | None:
+    if name not in query:
+        return default
+    try:
+        return int(float(query[name]))
+    except ValueError:
+        raise BadRequest(error(f"invalid {name}: {query[name]!r}")) from None
+
+
+class Venue:
+    """One exchange: resolves its market ids and serves candles through the shared source."""
+
+    name = ""
+
+    def __init__(self, config: EmulatorConfig, source: CandleSource, now_ms, faults):
+        self.config = config
+        self.spec = config.exchanges[self.name]
+        self.source = source
+        self.now_ms = now_ms
+        self.faults = faults
+
+    # market ids ------------------------------------------------------------------------------
+    def listed(self) -> list[str]:
+        return [s for s in self.config.symbols if self.config.listed_since(self.name, s) is not None]
+
+    def market_id(self, symbol: str) -> str:
+        raise NotImplementedError
+
+    def symbol_for(self, market_id: str) -> str | None:
+        for symbol in self.listed():
+            if self.market_id(symbol) == market_id:
+                return symbol
+        return None
+
+    def rows(self, symbol: str, tf_ms: int, start_ms: int, end_ms: int) -> np.ndarray:
+        """Candles the exchange has in [start, end): nothing after the current open candle."""
+        now = self.now_ms()
+        end_ms = min(end_ms, now // tf_ms * tf_ms + tf_ms)
+        rows = self.source.candles(self.name, symbol, tf_ms, start_ms, end_ms)
+        return self.faults.apply_to_candles(self.name, symbol, rows)
+
+    def routes(self) -> dict:
+        raise NotImplementedError
+
+
+class Binance(Venue):
+    name = "binance"
+
+    def market_id(self, symbol):
+        return f"{symbol}{self.spec.quote}"
+
+    def _error(self, msg, code=-1100):
+        return Reply(400, {"code": code, "msg": msg})
+
+    def routes(self):
+        return {"/api/v3/exchangeInfo": self.exchange_info, "/api/v3/klines": self.klines,
+                "/api/v3/time": lambda q: Reply(200, {"serverTime": self.now_ms()}),
+                "/api/v3/ping": lambda q: Reply(200, {})}
+
+    def exchange_info(self, query):
+        symbols = []
+        for s in self.listed():
+            symbols.append({
+                "symbol": self.market_id(s), "status": "TRADING", "baseAsset": s, "baseAssetPrecision": 8,
+                "quoteAsset": self.spec.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
+                "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+                "icebergAllowed": True, "ocoAllowed": True, "otoAllowed": True,
+                "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": True, "cancelReplaceAllowed": True,
+                "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": "0.00000001", "maxPrice": "1000000.00000000",
+                     "tickSize": "0.00000001"},
+                    {"filterType": "LOT_SIZE", "minQty": "0.00000100", "maxQty": "9000000.00000000",
+                     "stepSize": "0.00000100"},
+                    {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True,
+                     "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
+                ],
+                "permissions": [], "permissionSets": [["SPOT"]], "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+                "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+            })
+        return Reply(200, {"timezone": "UTC", "serverTime": self.now_ms(), "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000}],
+            "exchangeFilters": [], "symbols": symbols})
+
+    def klines(self, query):
+        symbol = self.symbol_for(query.get("symbol", ""))
+        if symbol is None:
+            return self._error("Invalid symbol.", -1121)
+        tf = BINANCE_INTERVALS.get(query.get("interval", ""))
+        if tf is None:
+            return self._error("Invalid interval.", -1120)
+        limit = _int(query, "limit", self.spec.default_limit or 500, self._error)
+        if not 1 <= limit <= self.spec.page_limit:
+            return self._error("Illegal characters found in parameter 'limit'; legal range is '1..1000'.", -1100)
+        start = _int(query, "startTime", None, self._error)
+        end = _int(query, "endTime", None, self._error)
+        if start is not None:
+            rows = self.rows(symbol, tf, start, (end + 1) if end is not None else start + tf * limit)[:limit]
+        else:
+            hi = (end + 1) if end is not None else self.now_ms() + tf
+            rows = self.rows(symbol, tf, hi - tf * (limit + 1), hi)[-limit:]
+        body = [[int(r[0]), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]), int(r[0]) + tf - 1,
+                 _num(r[5] * r[4]), 100, _num(r[5] / 2), _num(r[5] * r[4] / 2), "0"] for r in rows]
+        return Reply(200, body)
+
+
+class Coinbase(Venue):
+    name = "coinbase"
+    MAX_CANDLES = 350
+
+    def market_id(self, symbol):
+        return f"{symbol}-{self.spec.quote}"
+
+    def routes(self):
+        return {"/api/v3/brokerage/market/products": self.products,
+                "/api/v3/brokerage/market/products/*/candles": self.candles,
+                "/v2/time": self.time, "/api/v3/brokerage/time": self.time,
+                "/v2/currencies": self.fiat_currencies, "/v2/currencies/crypto": self.crypto_currencies,
+                "/v2/exchange-rates": self.exchange_rates}
+
+    # load_markets() also fetches currencies (v2 "track" API), even for public market data
+    def fiat_currencies(self, query):
+        return Reply(200, {"data": [{"id": "USD", "name": "US Dollar", "min_size": "0.01"}]})
+
+    def crypto_currencies(self, query):
+        return Reply(200, {"data": [
+            {"asset_id": f"emulated-{s.lower()}", "code": s, "name": s, "color": "#000000",
+             "sort_index": i, "exponent": 8, "type": "crypto", "address_regex": ".*"}
+            for i, s in enumerate(self.listed())]})
+
+    def exchange_rates(self, query):
+        return Reply(200, {"data": {"currency": "USD", "rates": {s: "1" for s in self.listed()}}})
+
+    def time(self, query):
+        now = self.now_ms()
+        iso = datetime.fromtimestamp(now / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+        return Reply(200, {"data": {"iso": iso, "epoch": now // 1000}, "iso": iso,
+                           "epochSeconds": str(now // 1000), "epochMillis": str(now)})
+
+    def _error(self, msg):
+        return Reply(400, {"error": "INVALID_ARGUMENT", "error_details": msg, "message": msg})
+
+    def products(self, query):
+        products = []
+        for s in self.listed():
+            products.append({
+                "product_id": self.market_id(s), "price": "1", "price_percentage_change_24h": "0",
+                "volume_24h": "0", "volume_percentage_change_24h": "0", "base_increment": "0.00000001",
+                "quote_increment": "0.01", "quote_min_size": "1", "quote_max_size": "150000000",
+                "base_min_size": "0.00000001", "base_max_size": "3400", "base_name": s, "quote_name": "US Dollar",
+                "watched": False, "is_disabled": False, "new": False, "status": "online", "cancel_only": False,
+                "limit_only": False, "post_only": False, "trading_disabled": False, "auction_mode": False,
+                "product_type": "SPOT", "quote_currency_id": self.spec.quote, "base_currency_id": s,
+                "fcm_trading_session_details": None, "mid_market_price": "", "alias": "", "alias_to": [],
+                "base_display_symbol": s, "quote_display_symbol": self.spec.quote, "view_only": False,
+                "price_increment": "0.01", "display_name": self.market_id(s), "product_venue": "CBE",
+            })
+        return Reply(200, {"products": products, "num_products": len(products)})
+
+    def candles(self, query, product_id):
+        symbol = self.symbol_for(product_id)
+        if symbol is None:
+            return Reply(404, {"error": "NOT_FOUND", "error_details": "ProductID is invalid", "message": "ProductID is invalid"})
+        tf = COINBASE_GRANULARITY.get(query.get("granularity", ""))
+        if tf is None:
+            return self._error("Unsupported granularity")
+        start = _int(query, "start", None, self._error)
+        end = _int(query, "end", None, self._error)
+        if start is None or end is None:
+            return self._error("start and end are required")
+        if (end - start) * 1000 // tf > self.MAX_CANDLES:
+            return self._error(f"number of candles requested should be less than {self.MAX_CANDLES}")
+        rows = self.rows(symbol, tf, start * 1000, end * 1000)[::-1]
+        body = [{"start": str(int(r[0]) // 1000), "low": _num(r[3]), "high": _num(r[2]), "open": _num(r[1]),
+                 "close": _num(r[4]), "volume": _num(r[5])} for r in rows]
+        return Reply(200, {"candles": body})
+
+
+class Kraken(Venue):
+    name = "kraken"
+
+    def _base(self, symbol):
+        return KRAKEN_LEGACY.get(symbol, symbol)
+
+    def market_id(self, symbol):
+        base = self._base(symbol)
+        return f"{base}Z{self.spec.quote}" if base != symbol else f"{symbol}{self.spec.quote}"
+
+    def routes(self):
+        return {"/0/public/AssetPairs": self.asset_pairs, "/0/public/Assets": self.assets,
+                "/0/public/OHLC": self.ohlc, "/0/public/Time": self.time}
+
+    def time(self, query):
+        now = self.now_ms()
+        return Reply(200, {"error": [], "result": {
+            "unixtime": now // 1000,
+            "rfc1123": format_datetime(datetime.fromtimestamp(now / 1000, timezone.utc), usegmt=True)}})
+
+    def assets(self, query):
+        result = {}
+        for s in self.listed():
+            base = self._base(s)
+            result[base] = {"aclass": "currency", "altname": "XBT" if s == "BTC" else s, "decimals": 10,
+                            "display_decimals": 5, "collateral_value": 1.0, "status": "enabled"}
+        result["ZUSD"] = {"aclass": "currency", "altname": "USD", "decimals": 4, "display_decimals": 2,
+                          "collateral_value": 1.0, "status": "enabled"}
+        return Reply(200, {"error": [], "result": result})
+
+    def asset_pairs(self, query):
+        result = {}
+        for s in self.listed():
+            base = self._base(s)
+            alt = "XBT" if s == "BTC" else s
+            result[self.market_id(s)] = {
+                "altname": f"{alt}{self.spec.quote}", "wsname": f"{alt}/{self.spec.quote}",
+                "aclass_base": "currency", "base": base, "aclass_quote": "currency",
+                "quote": f"Z{self.spec.quote}", "lot": "unit", "cost_decimals": 5, "pair_decimals": 5,
+                "lot_decimals": 8, "lot_multiplier": 1, "leverage_buy": [], "leverage_sell": [],
+                "fees": [[0, 0.4], [10000, 0.35]], "fees_maker": [[0, 0.25], [10000, 0.2]],
+                "fee_volume_currency": "ZUSD", "margin_call": 80, "margin_stop": 40, "ordermin": "0.0001",
+                "costmin": "0.5", "tick_size": "0.00001", "status": "online",
+            }
+        return Reply(200, {"error": [], "result": result})
+
+    def ohlc(self, query):
+        pair = query.get("pair", "")
+        symbol = self.symbol_for(pair)
+        if symbol is None:
+            return Reply(200, {"error": ["EQuery:Unknown asset pair"]})
+        tf = KRAKEN_INTERVALS.get(query.get("interval", "1"))
+        if tf is None:
+            return Reply(200, {"error": ["EGeneral:Invalid arguments"]})
+        # Kraken serves only its most recent 720 candles (the last one still open), whatever `since` says.
+        now = self.now_ms()
+        hi = now // tf * tf + tf
+        rows = self.rows(symbol, tf, hi - tf * self.spec.page_limit, hi)
+        since = _int(query, "since", None, lambda m: Reply(200, {"error": [f"EGeneral:{m}"]}))
+        if since is not None:
+            rows = rows[rows[:, 0] > since * 1000] if len(rows) else rows
+        body = [[int(r[0]) // 1000, _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]),
+                 _num((r[2] + r[3] + r[4]) / 3), _num(r[5]), 50] for r in rows]
+        last = body[-2][0] if len(body) >= 2 else (body[-1][0] if body else (since or 0))
+        return Reply(200, {"error": [], "result": {pair: body, "last": last}})
+
+
+class Bybit(Venue):
+    name = "bybit"
+
+    def market_id(self, symbol):
+        return f"{symbol}{self.spec.quote}"
+
+    def _ok(self, result):
+        return Reply(200, {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": self.now_ms()})
+
+    def _error(self, msg, code=10001):
+        return Reply(200, {"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": self.now_ms()})
+
+    def routes(self):
+        return {"/v5/market/instruments-info": self.instruments, "/v5/market/kline": self.kline,
+                "/v5/market/time": self.time}
+
+    def time(self, query):
+        now = self.now_ms()
+        return self._ok({"timeSecond": str(now // 1000), "timeNano": str(now * 1_000_000)})
+
+    def instruments(self, query):
+        category = query.get("category", "spot")
+        if category != "spot":
+            return self._ok({"category": category, "list": [], "nextPageCursor": ""})
+        items = [{
+            "symbol": self.market_id(s), "baseCoin": s, "quoteCoin": self.spec.quote, "innovation": "0",
+            "status": "Trading", "marginTrading": "none", "stTag": "0",
+            "lotSizeFilter": {"basePrecision": "0.000001", "quotePrecision": "0.00000001",
+                              "minOrderQty": "0.000001", "maxOrderQty": "1000000", "minOrderAmt": "1",
+                              "maxOrderAmt": "2000000"},
+            "priceFilter": {"tickSize": "0.00001"},
+            "riskParameters": {"limitParameter": "0.03", "marketParameter": "0.03"},
+        } for s in self.listed()]
+        return self._ok({"category": "spot", "list": items, "nextPageCursor": ""})
+
+    def kline(self, query):
+        symbol = self.symbol_for(query.get("symbol", ""))
+        if symbol is None:
+            return self._error("Not supported symbols", 10001)
+        tf = BYBIT_INTERVALS.get(query.get("interval", ""))
+        if tf is None:
+            return self._error("Invalid period!", 10001)
+        limit = _int(query, "limit", self.spec.default_limit or 200, self._error)
+        limit = max(1, min(limit, self.spec.page_limit))
+        start = _int(query, "start", None, self._error)
+        end = _int(query, "end", None, self._error)
+        hi = (end + 1) if end is not None else self.now_ms() + tf
+        lo = start if start is not None else hi - tf * (limit + 1)
+        # Bybit returns the newest `limit` candles of [start, end], newest first: paging forward
+        # from `start` without `end` silently skips history.
+        rows = self.rows(symbol, tf, lo, hi)[-limit:][::-1]
+        body = [[str(int(r[0])), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]),
+                 _num(r[5] * r[4])] for r in rows]
+        return self._ok({"symbol": self.market_id(symbol), "category": "spot", "list": body})
+
+
+class Okx(Venue):
+    name = "okx"
+
+    def market_id(self, symbol):
+        return f"{symbol}-{self.spec.quote}"
+
+    def _ok(self, data):
+        return Reply(200, {"code": "0", "msg": "", "data": data})
+
+    def _error(self, msg, code="51000"):
+        return Reply(200, {"code": code, "msg": msg, "data": []})
+
+    def routes(self):
+        return {"/api/v5/public/instruments": self.instruments, "/api/v5/market/candles": self.candles,
+                "/api/v5/market/history-candles": self.history_candles,
+                "/api/v5/public/time": lambda q: self._ok([{"ts": str(self.now_ms())}])}
+
+    def instruments(self, query):
+        if query.get("instType", "SPOT") != "SPOT":
+            return self._ok([])
+        return self._ok([{
+            "instType": "SPOT", "instId": self.market_id(s), "uly": "", "instFamily": "", "baseCcy": s,
+            "quoteCcy": self.spec.quote, "settleCcy": "", "ctVal": "", "ctMult": "", "ctValCcy": "",
+            "optType": "", "stk": "", "listTime": str(self.config.listed_since(self.name, s)), "expTime": "",
+            "lever": "", "tickSz": "0.00001", "lotSz": "0.000001", "minSz": "0.000001", "ctType": "",
+            "alias": "", "state": "live", "ruleType": "normal", "maxLmtSz": "10000000", "maxMktSz": "1000000",
+            "maxLmtAmt": "20000000", "maxMktAmt": "1000000", "maxTwapSz": "", "maxIcebergSz": "",
+            "maxTriggerSz": "", "maxStopSz": "",
+        } for s in self.listed()])
+
+    def candles(self, query):
+        return self._candles(query, history=False)
+
+    def history_candles(self, query):
+        return self._candles(query, history=True)
+
+    def _candles(self, query, history: bool):
+        symbol = self.symbol_for(query.get("instId", ""))
+        if symbol is None:
+            return self._error(f"Instrument ID {query.get('instId')} doesn't exist.", "51001")
+        tf = OKX_BARS.get(query.get("bar", "1m"))
+        if tf is None:
+            return self._error("Parameter bar error", "51000")
+        cap = (self.spec.history_page_limit or 100) if history else self.spec.page_limit
+        limit = max(1, min(_int(query, "limit", 100, self._error), cap))
+        now = self.now_ms()
+        after = _int(query, "after", None, self._error)     # older than (exclusive)
+        before = _int(query, "before", None, self._error)   # newer than (exclusive)
+        hi = after if after is not None else now // tf * tf + tf
+        lo = before + 1 if before is not None else hi - tf * (limit + 1)
+        if not history and self.spec.recent_candles:
+            lo = max(lo, (now // tf - self.spec.recent_candles + 1) * tf)  # /market/candles: recent only
+        rows = self.rows(symbol, tf, lo, hi)[-limit:][::-1] if lo < hi else np.empty((0, 6))
+        current = now // tf * tf
+        body = [[str(int(r[0])), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]),
+                 _num(r[5] * r[4]), _num(r[5] * r[4]), "0" if int(r[0]) == current else "1"] for r in rows]
+        return self._ok(body)
+
+
+VENUES = {cls.name: cls for cls in (Binance, Coinbase, Kraken, Bybit, Okx)}
