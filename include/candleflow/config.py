@@ -75,6 +75,7 @@ def parse_utc(value: Any, where: str) -> datetime:
 class ExchangeConfig:
     id: str
     quotes: tuple[str, ...]
+    page_size: int = 500        # candles per OHLCV request (the exchange's documented maximum)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ class LakeConfig:
 
 
 @dataclass(frozen=True)
+class CollectConfig:
+    max_attempts: int = 4          # tries per request on network errors / 429 / 5xx
+    backoff_seconds: float = 1.0   # first wait; doubles per attempt
+    timeout_ms: int = 15_000       # per HTTP request
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     exchange_mode: str
     emulator_url: str
@@ -107,6 +115,7 @@ class PipelineConfig:
     alerts_conn_id: str
     demo_start: datetime
     demo_end: datetime
+    collect: CollectConfig = field(default_factory=CollectConfig)
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,10 @@ def load_universe() -> Universe:
         if ex_id not in EXCHANGES:
             raise ConfigError(f"{where}: exchanges.{ex_id} is not supported; use one of {', '.join(EXCHANGES)}")
         quotes = tuple(str(q).upper() for q in (ex or {}).get("quotes", ["USDT", "USD"]))
-        exchanges[ex_id] = ExchangeConfig(id=ex_id, quotes=quotes)
+        page_size = (ex or {}).get("page_size", 500)
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ConfigError(f"{where}: exchanges.{ex_id}.page_size {page_size!r} is invalid; use a positive integer")
+        exchanges[ex_id] = ExchangeConfig(id=ex_id, quotes=quotes, page_size=page_size)
     return Universe(symbols=symbols, timeframes=timeframes, exchanges=exchanges)
 
 
@@ -171,7 +183,19 @@ def load_pipeline() -> PipelineConfig:
         alerts_conn_id=data.get("alerts", {}).get("conn_id", "candleflow_alerts"),
         demo_start=start,
         demo_end=end,
+        collect=_collect_config(data.get("collect") or {}, where),
     )
+
+
+def _collect_config(data: dict, where: str) -> CollectConfig:
+    try:
+        cfg = CollectConfig(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: collect has an unknown field ({exc}); use max_attempts, backoff_seconds, "
+                          "timeout_ms") from exc
+    if cfg.max_attempts < 1:
+        raise ConfigError(f"{where}: collect.max_attempts must be at least 1")
+    return cfg
 
 
 def _env_bool(name: str, default: bool) -> bool:

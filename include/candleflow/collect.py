@@ -1,0 +1,190 @@
+"""Collect OHLCV candles for one (exchange, symbol, timeframe) window with ccxt.
+
+- The exchange is a stock ccxt client with its own rate limiter on (`enableRateLimit`); in
+  emulator mode only its `urls['api']` are re-rooted at the local emulator, nothing else changes.
+- The market is resolved from `load_markets()` using the universe's quote preference
+  (BTC → BTC/USDT on binance, BTC/USD on kraken, whose XBT ccxt already maps to BTC). A symbol
+  the exchange does not list yields `skipped_reason`, not an exception.
+- The window [start, end) is fetched page by page, each page bounded by `since` and `until`
+  (bybit and okx answer the *newest* candles of an open-ended request, so paging forward without
+  an upper bound would silently skip history). Candles outside the window, duplicates and the
+  still-open candle (by the exchange's clock) are dropped; what is missing is counted and
+  explained in `notes`.
+- Network errors, 429s and 5xx are retried with exponential backoff inside the task (a 40-page
+  backfill should not restart from page one for one hiccup); anything else raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+from candleflow.config import TIMEFRAME_MS, CollectConfig, ConfigError, load_universe
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
+# ccxt sends `until` as the request's upper bound on these; kraken has no such parameter.
+UNTIL_SUPPORTED = {"binance", "coinbase", "bybit", "okx"}
+
+
+@dataclass
+class CollectResult:
+    exchange: str
+    symbol: str
+    timeframe: str
+    market: str | None
+    candles: pd.DataFrame
+    skipped_reason: str | None = None
+    requests: int = 0
+    expected: int = 0
+    missing: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def empty_candles() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
+    frame["ts"] = pd.Series(dtype="datetime64[ms, UTC]")
+    return frame
+
+
+def make_exchange(exchange_id: str, *, mode: str, emulator_url: str | None = None,
+                  enable_rate_limit: bool = True, timeout_ms: int = 15_000):
+    """A ccxt client for `exchange_id`; in emulator mode its REST roots point at the emulator."""
+    import ccxt
+
+    if not hasattr(ccxt, exchange_id):
+        raise ConfigError(f"exchange: {exchange_id!r} is not a ccxt exchange id")
+    client = getattr(ccxt, exchange_id)({
+        "enableRateLimit": enable_rate_limit,
+        "timeout": timeout_ms,
+        # spot markets only: one markets call instead of one per market type
+        "options": {"fetchMarkets": {"types": ["spot"]}},
+    })
+    if mode == "emulator":
+        if not emulator_url:
+            raise ConfigError("emulator_url: required when exchange_mode is 'emulator' (include/config/pipeline.yaml)")
+        from candleflow.emulator import ccxt_urls
+
+        client.urls["api"] = ccxt_urls(client.urls["api"], emulator_url, exchange_id, getattr(client, "hostname", None))
+    elif mode != "live":
+        raise ConfigError(f"exchange_mode: {mode!r} is invalid; use 'emulator' or 'live'")
+    return client
+
+
+def resolve_market(client, symbol: str, quotes: list[str] | tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(market symbol, None) for the first listed quote, or (None, reason) if none is listed."""
+    markets = client.markets or {}
+    for quote in quotes:
+        for market in markets.values():
+            if (market.get("spot") and market.get("base") == symbol and market.get("quote") == quote
+                    and market.get("active") is not False):
+                return market["symbol"], None
+    wanted = " or ".join(f"{symbol}/{q}" for q in quotes)
+    return None, f"not listed: {client.id} has no active spot market {wanted}"
+
+
+def _with_retries(call, what: str, cfg: CollectConfig, counter: list[int]):
+    import ccxt
+
+    delay = cfg.backoff_seconds
+    for attempt in range(1, cfg.max_attempts + 1):
+        counter[0] += 1
+        try:
+            return call()
+        except ccxt.NetworkError as exc:  # timeouts, 429 (DDoSProtection), 5xx (ExchangeNotAvailable)
+            if attempt == cfg.max_attempts:
+                raise
+            log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__,
+                        str(exc)[:200], attempt, cfg.max_attempts - 1, delay)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def fetch_candles(client, market: str, timeframe: str, start_ms: int, end_ms: int, *, page_size: int,
+                  cfg: CollectConfig | None = None, counter: list[int] | None = None) -> list[list]:
+    """Every candle with start_ms <= ts < end_ms the exchange returns, one bounded page at a time.
+
+    A candle served twice (overlapping pages) is kept once; two *different* candles for one
+    timestamp are both kept, for the quality check to reject.
+    """
+    cfg = cfg or CollectConfig()
+    counter = counter if counter is not None else [0]
+    tf_ms = TIMEFRAME_MS[timeframe]
+    rows: dict[int, list] = {}
+    conflicts: list[list] = []
+    since = start_ms
+    while since < end_ms:
+        until = min(end_ms, since + page_size * tf_ms) - 1
+        params = {"until": until} if client.id in UNTIL_SUPPORTED else {}
+        page = _with_retries(
+            lambda s=since, p=params: client.fetch_ohlcv(market, timeframe, since=s, limit=page_size, params=p),
+            f"{client.id} {market} {timeframe} page from {client.iso8601(since)}", cfg, counter)
+        in_window = [c for c in page if start_ms <= c[0] < end_ms]
+        for candle in in_window:
+            seen = rows.setdefault(int(candle[0]), candle)
+            if seen is not candle and list(seen) != list(candle):
+                # Two different candles for one timestamp: keep both so the quality check sees it.
+                conflicts.append(candle)
+        newest = max((c[0] for c in in_window), default=None)
+        if client.id not in UNTIL_SUPPORTED and (newest is None or newest <= since):
+            break  # kraken: nothing at or after `since` is served, so no later page will be either
+        # Advance past what this page covered: its bound, or its newest candle if it went further.
+        since = max(until + 1, (newest + tf_ms) if newest is not None else since)
+    return sorted([*rows.values(), *conflicts], key=lambda c: c[0])
+
+
+def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime, end: datetime, *,
+                 quotes: list[str] | tuple[str, ...], mode: str, emulator_url: str | None = None,
+                 page_size: int | None = None, cfg: CollectConfig | None = None,
+                 enable_rate_limit: bool = True, client=None) -> CollectResult:
+    """Collect the closed candles of [start, end) for `symbol` on `exchange_id`."""
+    cfg = cfg or CollectConfig()
+    if page_size is None:
+        exchanges = load_universe().exchanges
+        page_size = exchanges[exchange_id].page_size if exchange_id in exchanges else 500
+    tf_ms = TIMEFRAME_MS[timeframe]
+    start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    expected = max(0, (end_ms - start_ms) // tf_ms)
+    result = CollectResult(exchange_id, symbol, timeframe, None, empty_candles(), expected=expected)
+    counter = [0]
+    client = client or make_exchange(exchange_id, mode=mode, emulator_url=emulator_url,
+                                     enable_rate_limit=enable_rate_limit, timeout_ms=cfg.timeout_ms)
+    _with_retries(client.load_markets, f"{exchange_id} load_markets", cfg, counter)
+    market, reason = resolve_market(client, symbol, quotes)
+    if market is None:
+        result.skipped_reason, result.requests, result.missing = reason, counter[0], 0
+        return result
+    result.market = market
+
+    now_ms = client.milliseconds()
+    if client.has.get("fetchTime"):
+        now_ms = _with_retries(client.fetch_time, f"{exchange_id} fetch_time", cfg, counter)
+    closed_end = min(end_ms, now_ms // tf_ms * tf_ms)  # the candle open at `now` is not final yet
+    if closed_end < end_ms:
+        open_candles = (end_ms - max(closed_end, start_ms)) // tf_ms
+        result.expected = expected = max(0, expected - open_candles)
+        result.notes.append(f"window ends after the exchange's clock ({client.iso8601(now_ms)}): "
+                            f"{open_candles} candle(s) not closed yet, left to a later run")
+    raw = fetch_candles(client, market, timeframe, start_ms, closed_end, page_size=page_size, cfg=cfg,
+                        counter=counter) if closed_end > start_ms else []
+    result.requests = counter[0]
+    frame = pd.DataFrame(raw, columns=COLUMNS)
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    for col in COLUMNS[1:]:
+        frame[col] = frame[col].astype("float64")
+    result.candles = frame.reset_index(drop=True)
+    result.missing = expected - len(frame)
+    if result.missing > 0 and closed_end > start_ms:
+        served_from = frame["ts"].min() if len(frame) else None
+        if exchange_id == "kraken" and (served_from is None or served_from > pd.Timestamp(start_ms, unit="ms", tz="UTC")):
+            result.notes.append("kraken's OHLC endpoint serves only its 720 most recent candles: "
+                                f"{result.missing} older candle(s) of the window are not available from it")
+        else:
+            result.notes.append(f"{result.missing} of {expected} candles missing: the exchange returned none for them")
+    return result

@@ -1,0 +1,242 @@
+"""The S3 data lake: Hive-partitioned, zstd parquet with one fixed schema per table.
+
+Layout (see docs/lake.md):
+
+    s3://<bucket>/ohlcv/exchange=<ex>/symbol=<SYM>/timeframe=<tf>/date=<YYYY-MM-DD>/part-<from>_<to>.parquet
+    s3://<bucket>/quarantine/exchange=…/symbol=…/timeframe=…/window=<from>_<to>/candles.parquet + report.json
+    s3://<bucket>/_staging/<run id>/<exchange>-<SYM>-<tf>.parquet       (between collect and publish)
+
+An object's key is a pure function of the data interval it holds (`<from>_<to>` is the part of the
+run's window that falls on that date), and its bytes are a pure function of its candles, so a
+re-run of any run or backfill overwrites the same keys with the same bytes: replace, never
+duplicate. A date of the window that has no candles any more has its object deleted, so the lake
+after a re-run is exactly what one run leaves. Each object is one S3 PUT, which S3 makes visible
+atomically: no reader sees half an object. Readers deduplicate (exchange, symbol, timeframe, ts)
+where an hourly object and a daily one overlap, keeping the later-named part.
+
+All functions take a boto3 S3 client (from the Airflow S3Hook in tasks, or a plain client), so the
+module runs the same with or without Airflow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+OHLCV_SCHEMA = pa.schema([
+    pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("open", pa.float64()),
+    pa.field("high", pa.float64()),
+    pa.field("low", pa.float64()),
+    pa.field("close", pa.float64()),
+    pa.field("volume", pa.float64()),
+    pa.field("market", pa.string()),   # the exchange's market symbol, e.g. BTC/USDT or BTC/USD
+])
+PARTITION_KEYS = ("exchange", "symbol", "timeframe", "date")
+STAGING_PREFIX = "_staging"
+QUARANTINE_PREFIX = "quarantine"
+_STAMP = "%Y%m%dT%H%M%SZ"
+_KEY_RE = re.compile(r"(?P<name>exchange|symbol|timeframe|date)=(?P<value>[^/]+)")
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    key: str
+    rows: int
+    bytes: int
+
+
+def _stamp(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime(_STAMP)
+
+
+def partition_prefix(prefix: str, exchange: str, symbol: str, timeframe: str, date: str | None = None) -> str:
+    path = f"{prefix}/exchange={exchange}/symbol={symbol}/timeframe={timeframe}/"
+    return path + (f"date={date}/" if date else "")
+
+
+def to_table(candles: pd.DataFrame, market: str | None) -> pa.Table:
+    """Candles as an Arrow table of exactly OHLCV_SCHEMA, sorted by ts (bytes depend only on data)."""
+    frame = candles.sort_values("ts", kind="stable").reset_index(drop=True)
+    arrays = [
+        pa.array(pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ms, UTC]"), type=OHLCV_SCHEMA.field("ts").type),
+        *(pa.array(frame[c].astype("float64"), type=pa.float64()) for c in ("open", "high", "low", "close", "volume")),
+        pa.array([market] * len(frame), type=pa.string()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=OHLCV_SCHEMA)
+
+
+def to_parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", use_dictionary=["market"], write_statistics=True)
+    return sink.getvalue()
+
+
+def _put(s3, bucket: str, key: str, body: bytes, content_type: str = "application/vnd.apache.parquet") -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def _delete_if_exists(s3, bucket: str, key: str) -> None:
+    s3.delete_object(Bucket=bucket, Key=key)  # S3 deletes are idempotent
+
+
+def _days(window_start: datetime, window_end: datetime):
+    day = datetime(window_start.year, window_start.month, window_start.day, tzinfo=timezone.utc)
+    while day < window_end:
+        yield day, max(day, window_start), min(day + timedelta(days=1), window_end)
+        day += timedelta(days=1)
+
+
+def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol: str, timeframe: str,
+                market: str | None, window_start: datetime, window_end: datetime,
+                prefix: str = "ohlcv") -> list[WrittenObject]:
+    """Write the batch of [window_start, window_end) as one object per UTC date of the window."""
+    if candles["ts"].duplicated().any():
+        raise ValueError("candles: duplicate timestamps; validate the batch before writing it to the lake")
+    ts = pd.to_datetime(candles["ts"], utc=True)
+    outside = (ts < window_start) | (ts >= window_end)
+    if outside.any():
+        raise ValueError(f"candles: {int(outside.sum())} candle(s) outside the window "
+                         f"{window_start.isoformat()} → {window_end.isoformat()}")
+    written = []
+    for day, lo, hi in _days(window_start, window_end):
+        key = (partition_prefix(prefix, exchange, symbol, timeframe, day.strftime("%Y-%m-%d"))
+               + f"part-{_stamp(lo)}_{_stamp(hi)}.parquet")
+        part = candles[(ts >= lo) & (ts < hi)]
+        if part.empty:
+            _delete_if_exists(s3, bucket, key)  # a re-run that found nothing leaves nothing behind
+            continue
+        body = to_parquet_bytes(to_table(part, market))
+        _put(s3, bucket, key, body)
+        written.append(WrittenObject(key=key, rows=len(part), bytes=len(body)))
+    return written
+
+
+# -- staging: the batch between collect and publish ------------------------------------------
+def stage_key(run_id: str, exchange: str, symbol: str, timeframe: str, prefix: str = STAGING_PREFIX) -> str:
+    safe_run = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+    return f"{prefix}/{safe_run}/{exchange}-{symbol}-{timeframe}.parquet"
+
+
+def write_staged(s3, bucket: str, key: str, candles: pd.DataFrame, market: str | None) -> None:
+    """Stage a raw batch as collected (duplicates and defects included, for the quality check)."""
+    frame = candles.reset_index(drop=True)
+    _put(s3, bucket, key, to_parquet_bytes(_raw_table(frame, market), {"candleflow.market": market or ""}))
+
+
+def _raw_table(frame: pd.DataFrame, market: str | None) -> pa.Table:
+    # Unlike to_table, keep the exchange's row order: order is one of the things quality judges.
+    arrays = [
+        pa.array(pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ms, UTC]"), type=OHLCV_SCHEMA.field("ts").type),
+        *(pa.array(frame[c].astype("float64"), type=pa.float64()) for c in ("open", "high", "low", "close", "volume")),
+        pa.array([market] * len(frame), type=pa.string()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=OHLCV_SCHEMA)
+
+
+def read_staged(s3, bucket: str, key: str) -> tuple[pd.DataFrame, str | None]:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    table = pq.read_table(io.BytesIO(body))
+    market = (table.schema.metadata or {}).get(b"candleflow.market", b"").decode() or None
+    frame = table.drop(["market"]).to_pandas()
+    frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]")
+    return frame, market
+
+
+def delete_staged(s3, bucket: str, key: str) -> None:
+    _delete_if_exists(s3, bucket, key)
+
+
+def quarantine_batch(s3, bucket: str, candles: pd.DataFrame, report: dict, *, exchange: str, symbol: str,
+                     timeframe: str, market: str | None, window_start: datetime, window_end: datetime,
+                     prefix: str = QUARANTINE_PREFIX) -> str:
+    """Keep a rejected batch and its quality report side by side; returns the candles' key."""
+    base = (partition_prefix(prefix, exchange, symbol, timeframe)
+            + f"window={_stamp(window_start)}_{_stamp(window_end)}/")
+    _put(s3, bucket, base + "candles.parquet", to_parquet_bytes(_raw_table(candles.reset_index(drop=True), market)))
+    _put(s3, bucket, base + "report.json", json.dumps(report, indent=2, sort_keys=True, default=str).encode(),
+         content_type="application/json")
+    return base + "candles.parquet"
+
+
+# -- reading ------------------------------------------------------------------------------------
+def list_objects(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
+    """{key: (size, etag)} under a prefix: what a re-run must leave unchanged."""
+    out: dict[str, tuple[int, str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = (obj["Size"], obj["ETag"])
+    return out
+
+
+def _partition_values(key: str) -> dict[str, str]:
+    return {m["name"]: m["value"] for m in _KEY_RE.finditer(key)}
+
+
+def read_with_sources(s3, bucket: str, table: str = "ohlcv", *, exchange: str | None = None,
+                      symbol: str | None = None, timeframe: str | None = None, start: datetime | None = None,
+                      end: datetime | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Candles of [start, end) matching the filters, with the object keys they came from.
+
+    Partitions are pruned by key (exchange/symbol/timeframe/date) before any object is read.
+    """
+    listing_prefix = f"{table}/"
+    if exchange:
+        listing_prefix += f"exchange={exchange}/"
+        if symbol:
+            listing_prefix += f"symbol={symbol}/"
+            if timeframe:
+                listing_prefix += f"timeframe={timeframe}/"
+    first_day = start.astimezone(timezone.utc).strftime("%Y-%m-%d") if start else None
+    last_day = (end - timedelta(milliseconds=1)).astimezone(timezone.utc).strftime("%Y-%m-%d") if end else None
+    keys = []
+    for key in sorted(list_objects(s3, bucket, listing_prefix)):
+        values = _partition_values(key)
+        if not key.endswith(".parquet") or set(PARTITION_KEYS) - set(values):
+            continue
+        if (exchange and values["exchange"] != exchange) or (symbol and values["symbol"] != symbol) \
+                or (timeframe and values["timeframe"] != timeframe):
+            continue
+        if (first_day and values["date"] < first_day) or (last_day and values["date"] > last_day):
+            continue
+        keys.append(key)
+    frames = []
+    used = []
+    for key in keys:
+        values = _partition_values(key)
+        frame = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pandas()
+        frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]")
+        if start is not None:
+            frame = frame[frame["ts"] >= start]
+        if end is not None:
+            frame = frame[frame["ts"] < end]
+        if frame.empty:
+            continue
+        for name in ("exchange", "symbol", "timeframe"):
+            frame[name] = values[name]
+        frames.append(frame)
+        used.append(key)
+    columns = ["exchange", "symbol", "timeframe", *OHLCV_SCHEMA.names]
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+        empty["ts"] = pd.Series(dtype="datetime64[ms, UTC]")
+        return empty, []
+    frame = pd.concat(frames, ignore_index=True)[columns]
+    # keys were read in sorted order: the later-named part (the newer fetch) wins a duplicate
+    frame = frame.drop_duplicates(["exchange", "symbol", "timeframe", "ts"], keep="last")
+    frame = frame.sort_values(["exchange", "symbol", "timeframe", "ts"], kind="stable").reset_index(drop=True)
+    return frame, used
+
+
+def read(s3, bucket: str, table: str = "ohlcv", **filters) -> pd.DataFrame:
+    """`read_with_sources` without the keys: a deduplicated, sorted pandas frame."""
+    return read_with_sources(s3, bucket, table, **filters)[0]
