@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # plain torch is the multi-GB CUDA build); uv ignores pip's config, so pass it explicitly.
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
 .PHONY: up down status test test-fast lint lock venv clean
 .DEFAULT_GOAL := help
@@ -27,7 +27,9 @@ venv: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep -E '^uv==' requirements.lock)"
-	$(BIN)/uv pip sync --python $(BIN)/python $(FIND_LINKS) requirements.lock
+	# --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE, so without it every process
+	# recompiles torch/GX/Airflow sources on import (seconds per task).
+	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python $(FIND_LINKS) requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -104,6 +104,7 @@ class CollectConfig:
     max_attempts: int = 4          # tries per request on network errors / 429 / 5xx
     backoff_seconds: float = 1.0   # first wait; doubles per attempt
     timeout_ms: int = 15_000       # per HTTP request
+    enable_rate_limit: bool = True  # ccxt's own throttle (CANDLEFLOW_RATE_LIMIT=false turns it off)
 
 
 @dataclass(frozen=True)
@@ -188,11 +189,13 @@ def load_pipeline() -> PipelineConfig:
 
 
 def _collect_config(data: dict, where: str) -> CollectConfig:
+    data = dict(data)
+    data["enable_rate_limit"] = _env_bool("CANDLEFLOW_RATE_LIMIT", bool(data.get("enable_rate_limit", True)))
     try:
         cfg = CollectConfig(**data)
     except TypeError as exc:
         raise ConfigError(f"{where}: collect has an unknown field ({exc}); use max_attempts, backoff_seconds, "
-                          "timeout_ms") from exc
+                          "timeout_ms, enable_rate_limit") from exc
     if cfg.max_attempts < 1:
         raise ConfigError(f"{where}: collect.max_attempts must be at least 1")
     return cfg

@@ -244,6 +244,12 @@ class LocalStack:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 try:
+                    # Reap the leader if this process started it: a zombie still "exists" to
+                    # killpg(…, 0) and would hold us here until the timeout.
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                try:
                     os.killpg(pid, 0)
                 except ProcessLookupError:
                     return True

@@ -67,6 +67,7 @@ def collect(pair: dict) -> dict:
         pair["exchange"], pair["symbol"], pair["timeframe"],
         parse_utc(pair["start"], "start"), parse_utc(pair["end"], "end"),
         quotes=pair["quotes"], mode=cfg.exchange_mode, emulator_url=cfg.emulator_url,
+        cfg=cfg.collect, enable_rate_limit=cfg.collect.enable_rate_limit,
     )
     for note in result.notes:
         log.warning("%s %s: %s", pair["exchange"], pair["symbol"], note)

@@ -30,6 +30,14 @@ import numpy as np
 from candleflow.emulator.market_data import CandleSource, EmulatorConfig, load_config
 from candleflow.emulator.venues import VENUES, BadRequest, Reply
 
+# each venue's own body for "too many requests", so ccxt maps it to RateLimitExceeded
+RATE_LIMITED = {
+    "binance": {"code": -1003, "msg": "Too many requests; current limit is 6000 request weight per 1 MINUTE."},
+    "coinbase": {"error": "RATE_LIMIT_EXCEEDED", "error_details": "Too many requests", "message": "Too many requests"},
+    "kraken": {"error": ["EAPI:Rate limit exceeded"]},
+    "bybit": {"retCode": 10006, "retMsg": "Too many visits!", "result": {}, "retExtInfo": {}, "time": 0},
+    "okx": {"code": "50011", "msg": "Too Many Requests", "data": []},
+}
 FAULT_KINDS = ("ohlc_inconsistent", "duplicate", "gap", "http_error", "delay")
 
 
@@ -84,8 +92,10 @@ class Faults:
                 if fault["kind"] == "http_error" and fault["exchange"] == exchange and fault.get("count", 1) > 0:
                     fault["count"] = fault.get("count", 1) - 1
                     status = int(fault.get("status", 500))
-                    return Reply(status, {"error": f"emulated fault: HTTP {status}"},
-                                 {"Retry-After": str(fault.get("retry_after", 1))} if status == 429 else None)
+                    if status == 429:
+                        return Reply(429, RATE_LIMITED[exchange], {"Retry-After": str(fault.get("retry_after", 1))})
+                    # gateways answer 5xx with a plain page, not the API's JSON
+                    return Reply(status, f"<html><body><h1>{status} emulated fault</h1></body></html>")
         return None
 
     def apply_to_candles(self, exchange: str, symbol: str, rows: np.ndarray) -> np.ndarray:
@@ -226,9 +236,12 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.emulator.dispatch(method, parts.path, query, body)
         except Exception as exc:  # noqa: BLE001 - a bug in the emulator is a 500, not a dead server
             reply = Reply(500, {"error": f"emulator error: {exc!r}"})
-        payload = json.dumps(reply.body, separators=(",", ":")).encode()
+        if isinstance(reply.body, str):
+            payload, content_type = reply.body.encode(), "text/html"
+        else:
+            payload, content_type = json.dumps(reply.body, separators=(",", ":")).encode(), "application/json"
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in (reply.headers or {}).items():
             self.send_header(name, value)
