@@ -1,0 +1,108 @@
+"""candleflow.lake against the moto S3 server: keys, bytes, idempotency, quarantine, reads."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from candleflow import lake
+
+UTC = timezone.utc
+
+
+def candles(start: datetime, hours: int, price: float = 100.0) -> pd.DataFrame:
+    ts = pd.date_range(start, periods=hours, freq="1h").astype("datetime64[ms, UTC]")
+    close = price + np.arange(hours, dtype="float64")
+    return pd.DataFrame({"ts": ts, "open": close - 0.5, "high": close + 1, "low": close - 1, "close": close,
+                         "volume": np.full(hours, 3.0)})
+
+
+def write(s3, bucket, frame, start, end, exchange="binance", symbol="BTC"):
+    return lake.write_batch(s3, bucket, frame, exchange=exchange, symbol=symbol, timeframe="1h", market=f"{symbol}/USDT",
+                            window_start=start, window_end=end)
+
+
+def test_a_window_is_written_as_one_object_per_date_under_deterministic_keys(s3_client, bucket):
+    start, end = datetime(2024, 10, 20, 12, tzinfo=UTC), datetime(2024, 10, 22, 6, tzinfo=UTC)
+    written = write(s3_client, bucket, candles(start, 42), start, end)
+    assert [o.key for o in written] == [
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-20/part-20241020T120000Z_20241021T000000Z.parquet",
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-21/part-20241021T000000Z_20241022T000000Z.parquet",
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-22/part-20241022T000000Z_20241022T060000Z.parquet",
+    ]
+    assert [o.rows for o in written] == [12, 24, 6]
+    table = pq.read_table(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=written[0].key)["Body"].read()))
+    assert table.schema.equals(lake.OHLCV_SCHEMA, check_metadata=False)
+    assert str(table.schema.field("ts").type) == "timestamp[ms, tz=UTC]"
+    meta = pq.ParquetFile(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=written[0].key)["Body"].read())).metadata
+    assert meta.row_group(0).column(1).compression == "ZSTD"
+
+
+def test_rewriting_a_window_leaves_identical_objects_and_drops_emptied_dates(s3_client, bucket):
+    start, end = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 22, tzinfo=UTC)
+    frame = candles(start, 48)
+    write(s3_client, bucket, frame, start, end)
+    first = lake.list_objects(s3_client, bucket, "ohlcv/")
+    write(s3_client, bucket, frame.sample(frac=1.0, random_state=3), start, end)  # same data, any order
+    assert lake.list_objects(s3_client, bucket, "ohlcv/") == first
+    # the exchange now returns nothing for the second day: its object must not linger
+    write(s3_client, bucket, frame.iloc[:24], start, end)
+    after = lake.list_objects(s3_client, bucket, "ohlcv/")
+    assert len(first) == 2 and list(after) == [next(iter(first))]
+
+
+def test_bad_batches_are_refused_before_anything_is_written(s3_client, bucket):
+    start, end = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 21, tzinfo=UTC)
+    frame = candles(start, 24)
+    with pytest.raises(ValueError, match="duplicate"):
+        write(s3_client, bucket, pd.concat([frame, frame.iloc[[0]]]), start, end)
+    with pytest.raises(ValueError, match="outside the window"):
+        write(s3_client, bucket, candles(start, 25), start, end)
+    assert lake.list_objects(s3_client, bucket, "ohlcv/") == {}
+
+
+def test_read_prunes_filters_deduplicates_and_sorts(s3_client, bucket):
+    day = datetime(2024, 10, 20, tzinfo=UTC)
+    write(s3_client, bucket, candles(day, 48), day, day + timedelta(days=2))
+    write(s3_client, bucket, candles(day, 48, price=200), day, day + timedelta(days=2), exchange="okx")
+    # an hourly run rewrote 10:00 with a corrected candle: it overlaps the daily object
+    hour = day + timedelta(hours=10)
+    write(s3_client, bucket, candles(hour, 1, price=999), hour, hour + timedelta(hours=1))
+    frame, sources = lake.read_with_sources(s3_client, bucket, timeframe="1h", start=day + timedelta(hours=6),
+                                            end=day + timedelta(hours=30))
+    assert list(frame.columns) == ["exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close",
+                                   "volume", "market"]
+    assert frame.groupby("exchange").size().to_dict() == {"binance": 24, "okx": 24}
+    assert not frame.duplicated(["exchange", "symbol", "timeframe", "ts"]).any()
+    assert frame.loc[(frame.exchange == "binance") & (frame.ts == pd.Timestamp(hour)), "close"].item() == 999
+    assert frame.groupby("exchange")["ts"].apply(lambda s: s.is_monotonic_increasing).all()
+    assert len(sources) == 5
+    only = lake.read(s3_client, bucket, exchange="okx", symbol="BTC", timeframe="1h", start=day, end=day + timedelta(hours=2))
+    assert list(only["close"]) == [200.0, 201.0]
+    assert lake.read(s3_client, bucket, symbol="ETH").empty
+
+
+def test_staging_round_trips_the_raw_batch_and_quarantine_keeps_the_report(s3_client, bucket):
+    start = datetime(2024, 10, 20, tzinfo=UTC)
+    raw = candles(start, 5).iloc[[1, 0, 2, 3, 4, 4]].reset_index(drop=True)  # out of order, repeated
+    key = lake.stage_key("manual__2024-10-20T00:00:00+00:00", "kraken", "ETH", "1h")
+    assert key.startswith("_staging/manual__2024-10-20T00_00_00_00_00/")
+    lake.write_staged(s3_client, bucket, key, raw, "ETH/USD")
+    back, market = lake.read_staged(s3_client, bucket, key)
+    assert market == "ETH/USD"
+    pd.testing.assert_frame_equal(back, raw, check_dtype=True)
+    qkey = lake.quarantine_batch(s3_client, bucket, back, {"success": False, "summary": "high < low"},
+                                 exchange="kraken", symbol="ETH", timeframe="1h", market=market,
+                                 window_start=start, window_end=start + timedelta(hours=5))
+    assert qkey == ("quarantine/exchange=kraken/symbol=ETH/timeframe=1h/"
+                    "window=20241020T000000Z_20241020T050000Z/candles.parquet")
+    report = json.loads(s3_client.get_object(Bucket=bucket, Key=qkey.replace("candles.parquet", "report.json"))["Body"].read())
+    assert report["success"] is False
+    lake.delete_staged(s3_client, bucket, key)
+    assert lake.list_objects(s3_client, bucket, "_staging/") == {}
