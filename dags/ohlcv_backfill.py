@@ -10,7 +10,7 @@ window and day, so re-running the same request leaves the lake as one run would.
 Leave *exchanges* or *symbols* empty for the whole universe.
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag
 
@@ -22,7 +22,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
 @dag(
     dag_id="ohlcv_backfill",
     schedule=None,
-    start_date=datetime(2017, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2017, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),

@@ -13,7 +13,7 @@ report and fail their task; the other pairs still land. Re-running a run replace
 triggers `train_models`.
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import CronDataIntervalTimetable, dag
 
@@ -25,7 +25,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_interval
     dag_id="ohlcv_ingest",
     # Interval timetable: tasks read data_interval_start/end (a trigger timetable makes them equal).
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=datetime(2017, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2017, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=4,
     default_args=default_args(),

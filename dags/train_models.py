@@ -12,7 +12,7 @@ Both backends run the same entry point (`candleflow.training.entrypoint`) under 
 container contract. A retry of the SageMaker task reattaches to its job instead of paying twice.
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # The provider's operator module pulls in boto3 (~0.5 s). Named here at top level, the dag
 # processor pre-imports it once in its parent process (parsing_pre_import_modules) instead of in
@@ -29,7 +29,7 @@ from candleflow_airflow.training import train_models_graph
 @dag(
     dag_id="train_models",
     schedule=[OHLCV],
-    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retries=2),

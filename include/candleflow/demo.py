@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from candleflow.config import load_pipeline, load_universe
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Running ohlcv_backfill for {', '.join(conf['symbols'])} on {', '.join(conf['exchanges'])}, "
           f"{conf['timeframe']}, {conf['start']} → {conf['end']}:", flush=True)
     run = client.trigger("ohlcv_backfill", conf)
-    ingest_done = datetime.now(timezone.utc)
+    ingest_done = datetime.now(UTC)
     ingest = client.wait_run("ohlcv_backfill", run["dag_run_id"], timeout=args.timeout)
     if ingest["state"] != "success":
         print(f"  failed tasks: {', '.join(client.failed_tasks('ohlcv_backfill', run['dag_run_id']))}")

@@ -24,7 +24,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
@@ -54,7 +54,7 @@ class WrittenObject:
 
 
 def _stamp(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime(_STAMP)
+    return dt.astimezone(UTC).strftime(_STAMP)
 
 
 def partition_prefix(prefix: str, exchange: str, symbol: str, timeframe: str, date: str | None = None) -> str:
@@ -90,7 +90,7 @@ def _delete_if_exists(s3, bucket: str, key: str) -> None:
 
 
 def _days(window_start: datetime, window_end: datetime):
-    day = datetime(window_start.year, window_start.month, window_start.day, tzinfo=timezone.utc)
+    day = datetime(window_start.year, window_start.month, window_start.day, tzinfo=UTC)
     while day < window_end:
         yield day, max(day, window_start), min(day + timedelta(days=1), window_end)
         day += timedelta(days=1)
@@ -196,8 +196,8 @@ def read_with_sources(s3, bucket: str, table: str = "ohlcv", *, exchange: str | 
             listing_prefix += f"symbol={symbol}/"
             if timeframe:
                 listing_prefix += f"timeframe={timeframe}/"
-    first_day = start.astimezone(timezone.utc).strftime("%Y-%m-%d") if start else None
-    last_day = (end - timedelta(milliseconds=1)).astimezone(timezone.utc).strftime("%Y-%m-%d") if end else None
+    first_day = start.astimezone(UTC).strftime("%Y-%m-%d") if start else None
+    last_day = (end - timedelta(milliseconds=1)).astimezone(UTC).strftime("%Y-%m-%d") if end else None
     keys = []
     for key in sorted(list_objects(s3, bucket, listing_prefix)):
         values = _partition_values(key)

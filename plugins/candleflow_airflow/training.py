@@ -13,6 +13,8 @@ the SageMaker training-container contract and leave `model.tar.gz` at
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import MODELS
@@ -51,7 +53,7 @@ def plan_training() -> list[dict]:
     The training window ends where the triggering ingest run's data ended (asset event extra),
     or at the form's `end`, or now; it spans the configured lookback.
     """
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from candleflow.config import ConfigError, load_training, load_universe, parse_timeframe, parse_utc
     from candleflow.training.sagemaker import job_name
@@ -78,7 +80,7 @@ def plan_training() -> list[dict]:
                 if event.extra and event.extra.get("end"):
                     event_end = parse_utc(event.extra["end"], "asset event end")
                     end = max(end, event_end) if end else event_end
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     lookback = int(params.get("lookback_days") or training.lookback_days)
     start = end - timedelta(days=lookback)
     hyperparameters = dict(training.hyperparameters)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -93,8 +93,8 @@ def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, la
                 assert len(pair_keys) == DAYS, (exchange, symbol, pair_keys)
                 assert all("/timeframe=1h/date=2024-10-" in k and k.endswith(".parquet") for k in pair_keys)
 
-    frame = lake_mod.read(*lake, timeframe="1h", start=datetime(2024, 10, 20, tzinfo=timezone.utc),
-                          end=datetime(2024, 10, 30, tzinfo=timezone.utc))
+    frame = lake_mod.read(*lake, timeframe="1h", start=datetime(2024, 10, 20, tzinfo=UTC),
+                          end=datetime(2024, 10, 30, tzinfo=UTC))
     counts = frame.groupby(["exchange", "symbol"]).size().to_dict()
     assert len(counts) == 14
     assert set(counts.values()) == {CANDLES}, counts
@@ -115,7 +115,7 @@ def test_rerunning_the_backfill_leaves_identical_objects(backfill):
 def test_hourly_ingest_run_writes_its_interval(backfill, lake):
     from candleflow import lake as lake_mod
 
-    run = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=timezone.utc))
+    run = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
     start, end = run.data_interval_start, run.data_interval_end
     assert (end - start).total_seconds() == 3600
     frame = lake_mod.read(*lake, timeframe="1h", start=start, end=end)

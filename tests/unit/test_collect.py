@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import ccxt
 import pandas as pd
@@ -12,7 +12,7 @@ from candleflow.collect import collect_pair
 from candleflow.config import CollectConfig
 from candleflow.emulator import EmulatorServer
 
-UTC = timezone.utc
+UTC = UTC
 FAST = CollectConfig(max_attempts=3, backoff_seconds=0.01)
 QUOTES = {"binance": ["USDT", "USD"], "coinbase": ["USD", "USDT"], "kraken": ["USD", "USDT"],
           "bybit": ["USDT", "USD"], "okx": ["USDT", "USD"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ import pytest
 
 from candleflow import lake
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def candles(start: datetime, hours: int, price: float = 100.0) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import uuid
 import mlflow
 import numpy as np
 import torch
+
 from candleflow import registry
 from candleflow.training.model import N_FEATURES, PriceLSTM
 

@@ -11,6 +11,7 @@ import boto3
 import numpy as np
 import pandas as pd
 import pytest
+
 from candleflow.config import load_training
 from candleflow.training.dataset import load_channel, write_training_channel
 from candleflow.training.model import N_FEATURES, build_features

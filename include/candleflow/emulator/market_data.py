@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,7 @@ class EmulatorConfig:
 
 
 def _date_ms(value: str) -> int:
-    return int(datetime.fromisoformat(str(value)).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def load_config(path: Path | None = None) -> EmulatorConfig:

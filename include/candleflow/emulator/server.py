@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,7 +51,7 @@ class Clock:
         else:
             start = datetime.fromisoformat(spec.replace("Z", "+00:00"))
             if start.tzinfo is None:
-                start = start.replace(tzinfo=timezone.utc)
+                start = start.replace(tzinfo=UTC)
             self._origin = (int(start.timestamp() * 1000), time.monotonic())
 
     def now_ms(self) -> int:

@@ -14,7 +14,7 @@ them exactly as it parses the real venue.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import numpy as np
@@ -189,7 +189,7 @@ class Coinbase(Venue):
 
     def time(self, query):
         now = self.now_ms()
-        iso = datetime.fromtimestamp(now / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+        iso = datetime.fromtimestamp(now / 1000, UTC).isoformat().replace("+00:00", "Z")
         return Reply(200, {"data": {"iso": iso, "epoch": now // 1000}, "iso": iso,
                            "epochSeconds": str(now // 1000), "epochMillis": str(now)})
 
@@ -250,7 +250,7 @@ class Kraken(Venue):
         now = self.now_ms()
         return Reply(200, {"error": [], "result": {
             "unixtime": now // 1000,
-            "rfc1123": format_datetime(datetime.fromtimestamp(now / 1000, timezone.utc), usegmt=True)}})
+            "rfc1123": format_datetime(datetime.fromtimestamp(now / 1000, UTC), usegmt=True)}})
 
     def assets(self, query):
         result = {}
