@@ -5,7 +5,7 @@
 #
 # Build: docker build -t candleflow-airflow:3.3.2 .   (docker compose build does the same)
 #
-# Keep the Airflow version here equal to `apache-airflow==X` in requirements.in; the test
+# Keep the Airflow version here equal to `apache-airflow==X` in requirements.txt; the test
 # tests/unit/test_deploy_files.py fails when the two drift apart.
 FROM apache/airflow:3.3.2-python3.11
 

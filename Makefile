@@ -20,7 +20,7 @@ help:
 	@echo "make down    stop what make up started"
 	@echo "make status  which local services run"
 	@echo "make lint    ruff (incl. the AIR rules)"
-	@echo "make lock    re-compile requirements.lock from requirements.in"
+	@echo "make lock    re-compile requirements.lock from requirements.txt"
 
 venv: $(STAMP)
 
@@ -35,7 +35,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 lock:
-	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 $(FIND_LINKS)
+	$(BIN)/uv pip compile requirements.txt -o requirements.lock --python-version 3.11 $(FIND_LINKS)
 
 up: venv
 	$(BIN)/python -m candleflow.demo

@@ -24,7 +24,7 @@ COMPOSE = REPO_ROOT / "docker-compose.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
-REQUIREMENTS_IN = REPO_ROOT / "requirements.in"
+REQUIREMENTS_IN = REPO_ROOT / "requirements.txt"
 BIN = Path(sys.executable).parent
 
 REQUIRED_SERVICES = {
@@ -157,7 +157,7 @@ def env_example_names(text: str) -> set[str]:
 
 def airflow_version_in_requirements(text: str) -> str:
     match = re.search(r"^apache-airflow==([0-9][^\s#;]*)", text, flags=re.M)
-    assert match, "requirements.in must pin apache-airflow==X"
+    assert match, "requirements.txt must pin apache-airflow==X"
     return match.group(1)
 
 
@@ -283,11 +283,11 @@ def test_dockerfile_pins_the_airflow_version_of_requirements_in():
     images = from_images(dockerfile)
     assert images, "Dockerfile has no FROM"
     assert images[-1] == f"apache/airflow:{version}-python3.11", (
-        f"FROM {images[-1]} does not match apache-airflow=={version} in requirements.in"
+        f"FROM {images[-1]} does not match apache-airflow=={version} in requirements.txt"
     )
     # Any Airflow pin inside the Dockerfile (e.g. the one that keeps pip from moving it) agrees too.
     for pinned in re.findall(r"apache-airflow==([0-9][\w.]*)", dockerfile):
-        assert pinned == version, f"Dockerfile pins apache-airflow=={pinned}, requirements.in {version}"
+        assert pinned == version, f"Dockerfile pins apache-airflow=={pinned}, requirements.txt {version}"
 
 
 def test_dockerfile_installs_the_lock_and_the_project():
