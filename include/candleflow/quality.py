@@ -22,11 +22,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from candleflow.config import TIMEFRAME_MS, parse_timeframe
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and GX are imported inside the functions: the DAGs' retry policy names QualityError, so
+# the dag processor imports this module on every parse and must not pay for them.
 COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 
@@ -93,6 +97,8 @@ def build_suite(timeframe: str, name: str = "ohlcv_batch"):
 
 
 def _derived(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    import pandas as pd
+
     frame = candles.reset_index(drop=True).copy()
     ts = pd.to_datetime(frame["ts"], utc=True) if "ts" in frame else pd.Series(dtype="datetime64[ms, UTC]")
     frame["ts_ms"] = ts.astype("datetime64[ms, UTC]").astype("int64")
@@ -184,6 +190,8 @@ def read_candle_file(path: str) -> pd.DataFrame:
     """Any candle file as ts/open/high/low/close/volume: parquet, CSV or feather; the time column
     may be called ts, date, time, timestamp or open_time, in ms, s or ISO text."""
     from pathlib import Path
+
+    import pandas as pd
 
     suffix = Path(path).suffix.lower()
     if suffix in (".parquet", ".pq"):
