@@ -1,4 +1,4 @@
-"""`python -m candleflow.emulator --host 127.0.0.1 --port 8765 --clock real|<ISO instant>`"""
+"""`python -m candleflow.emulator --host 127.0.0.1 --port 8765 --clock real|<ISO instant> --limits on|off`"""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--clock", default="real", help="'real', or an ISO instant the clock replays from")
+    parser.add_argument("--limits", choices=("on", "off"), default="on",
+                        help="enforce each exchange's published rate limits (POST /__admin/limits switches it later)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = EmulatorServer(args.host, args.port, clock=args.clock)
+    server = EmulatorServer(args.host, args.port, clock=args.clock, enforce_limits=args.limits == "on")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.getLogger("candleflow.emulator").info(
-        "exchange emulator on %s (clock %s) serving %s", server.url, args.clock, ", ".join(server.venues))
+        "exchange emulator on %s (clock %s, rate limits %s) serving %s", server.url, args.clock, args.limits,
+        ", ".join(server.venues))
     try:
         server.serve_forever()
     except (KeyboardInterrupt, SystemExit):

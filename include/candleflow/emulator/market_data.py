@@ -83,6 +83,8 @@ class EmulatorConfig:
     listing_exceptions: dict[str, dict[str, str]] = field(default_factory=dict)
     real_data: list[dict] = field(default_factory=list)
     real_data_dir: Path | None = None
+    rate_limits: dict[str, dict] = field(default_factory=dict)
+    archive: dict = field(default_factory=dict)
 
     def listed_since(self, exchange: str, symbol: str) -> int | None:
         """First candle (ms) of `symbol` on `exchange`, or None if the exchange does not list it."""
@@ -121,7 +123,7 @@ def load_config(path: Path | None = None) -> EmulatorConfig:
     return EmulatorConfig(
         seed=int(raw.get("seed", 0)), exchanges=exchanges, symbols=symbols,
         listing_exceptions=raw.get("listing_exceptions") or {}, real_data=raw.get("real_data") or [],
-        real_data_dir=data_dir,
+        real_data_dir=data_dir, rate_limits=raw.get("rate_limits") or {}, archive=raw.get("archive") or {},
     )
 
 

@@ -96,6 +96,24 @@ class Venue:
     def routes(self) -> dict:
         raise NotImplementedError
 
+    # hooks the fault injector uses: which candle request is this, and where are the candles --
+    candle_routes: dict[str, str] = {}  # route pattern -> query field naming the market ("*" = path arg)
+
+    def candle_symbol(self, pattern: str, query: dict, args: tuple) -> str | None:
+        """The symbol a candle request asks for ("" if the market is unknown), None if this is
+        not a candle request."""
+        field = self.candle_routes.get(pattern)
+        if field is None:
+            return None
+        market_id = args[0] if field == "*" and args else query.get(field, "")
+        return self.symbol_for(market_id) or ""
+
+    def candle_list(self, body) -> list | None:
+        """The list of candles inside this venue's 200 body (mutable in place), or None."""
+        raise NotImplementedError
+
+    newest_first = False  # the order the venue serves a page in
+
 
 class Binance(Venue):
     name = "binance"
@@ -103,8 +121,19 @@ class Binance(Venue):
     def market_id(self, symbol):
         return f"{symbol}{self.spec.quote}"
 
+    candle_routes = {"/api/v3/klines": "symbol"}
+
+    def candle_list(self, body):
+        return body if isinstance(body, list) else None
+
     def _error(self, msg, code=-1100):
         return Reply(400, {"code": code, "msg": msg})
+
+    @staticmethod
+    def kline_rows(rows: np.ndarray, tf: int) -> list[list]:
+        """Binance's 12 kline columns (REST and the public data archive share them)."""
+        return [[int(r[0]), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]), int(r[0]) + tf - 1,
+                 _num(r[5] * r[4]), 100, _num(r[5] / 2), _num(r[5] * r[4] / 2), "0"] for r in rows]
 
     def routes(self):
         return {"/api/v3/exchangeInfo": self.exchange_info, "/api/v3/klines": self.klines,
@@ -155,14 +184,18 @@ class Binance(Venue):
         else:
             hi = (end + 1) if end is not None else self.now_ms() + tf
             rows = self.rows(symbol, tf, hi - tf * (limit + 1), hi)[-limit:]
-        body = [[int(r[0]), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]), int(r[0]) + tf - 1,
-                 _num(r[5] * r[4]), 100, _num(r[5] / 2), _num(r[5] * r[4] / 2), "0"] for r in rows]
-        return Reply(200, body)
+        return Reply(200, self.kline_rows(rows, tf))
 
 
 class Coinbase(Venue):
     name = "coinbase"
     MAX_CANDLES = 350
+
+    candle_routes = {"/api/v3/brokerage/market/products/*/candles": "*"}
+    newest_first = True
+
+    def candle_list(self, body):
+        return body.get("candles") if isinstance(body, dict) else None
 
     def market_id(self, symbol):
         return f"{symbol}-{self.spec.quote}"
@@ -234,6 +267,13 @@ class Coinbase(Venue):
 
 class Kraken(Venue):
     name = "kraken"
+    candle_routes = {"/0/public/OHLC": "pair"}
+
+    def candle_list(self, body):
+        result = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(result, dict):
+            return None
+        return next((v for k, v in result.items() if k != "last"), None)
 
     def _base(self, symbol):
         return KRAKEN_LEGACY.get(symbol, symbol)
@@ -301,6 +341,12 @@ class Kraken(Venue):
 
 class Bybit(Venue):
     name = "bybit"
+    candle_routes = {"/v5/market/kline": "symbol"}
+    newest_first = True
+
+    def candle_list(self, body):
+        result = body.get("result") if isinstance(body, dict) else None
+        return result.get("list") if isinstance(result, dict) else None
 
     def market_id(self, symbol):
         return f"{symbol}{self.spec.quote}"
@@ -357,6 +403,12 @@ class Bybit(Venue):
 
 class Okx(Venue):
     name = "okx"
+    candle_routes = {"/api/v5/market/candles": "instId", "/api/v5/market/history-candles": "instId"}
+    newest_first = True
+
+    def candle_list(self, body):
+        data = body.get("data") if isinstance(body, dict) else None
+        return data if isinstance(data, list) else None
 
     def market_id(self, symbol):
         return f"{symbol}-{self.spec.quote}"
