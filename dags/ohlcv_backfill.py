@@ -3,9 +3,14 @@
 
 Trigger it with **Trigger Dag**: pick exchanges, symbols, the timeframe and the UTC window. The
 request is validated before any exchange is called (unknown symbol, end before start, a window not
-on a candle boundary are refused with the field named). Each (exchange, symbol) is then
-collected, checked and published exactly as in `ohlcv_ingest`; object keys are deterministic per
-window and day, so re-running the same request leaves the lake as one run would.
+on a candle boundary are refused with the field named), and the `plan` task's log shows what it
+will cost: requests per exchange and the projected wall time at the exchanges' rate limits.
+
+The window is cut into chunks of whole UTC days (`collect.chunk_days`); each exchange's `ingest`
+task collects, checks and publishes chunk by chunk, logging done/total and an ETA. A chunk the
+gap ledger already shows complete is skipped unless **force** is set, so re-running after a crash
+resumes where it stopped. Keys are deterministic per window and day: re-running the same request
+leaves the lake as one run would.
 
 Leave *exchanges* or *symbols* empty for the whole universe.
 """
@@ -38,6 +43,8 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
                        description="Inclusive; on a candle boundary."),
         "end": Param("2024-10-30T00:00:00+00:00", type="string", format="date-time", title="End (UTC)",
                      description="Exclusive; after start."),
+        "force": Param(False, type="boolean", title="Force",
+                       description="Fetch chunks the gap ledger already shows complete (default: skip them)."),
     },
 )
 def ohlcv_backfill():

@@ -44,6 +44,8 @@ class CollectResult:
     expected: int = 0
     missing: int = 0
     notes: list[str] = field(default_factory=list)
+    closed_end_ms: int | None = None      # candles from here on were still open at collection time
+    served_from_ms: int | None = None     # kraken: the oldest candle its OHLC endpoint still serves
 
 
 def empty_candles() -> pd.DataFrame:
@@ -76,16 +78,29 @@ def make_exchange(exchange_id: str, *, mode: str, emulator_url: str | None = Non
     return client
 
 
-def resolve_market(client, symbol: str, quotes: list[str] | tuple[str, ...]) -> tuple[str | None, str | None]:
-    """(market symbol, None) for the first listed quote, or (None, reason) if none is listed."""
+def resolve_market(client, symbol: str, quotes: list[str] | tuple[str, ...],
+                   names: list[str] | tuple[str, ...] | None = None) -> tuple[str | None, str | None]:
+    """(market symbol, None) for the first listed (name, quote), or (None, reason) if none is.
+
+    `names` are the tickers the asset may trade under, the universe's symbol first, then its
+    renames (MATIC → POL); quotes in preference order. Inactive (delisted) markets do not count.
+    """
     markets = client.markets or {}
-    for quote in quotes:
-        for market in markets.values():
-            if (market.get("spot") and market.get("base") == symbol and market.get("quote") == quote
-                    and market.get("active") is not False):
-                return market["symbol"], None
-    wanted = " or ".join(f"{symbol}/{q}" for q in quotes)
-    return None, f"not listed: {client.id} has no active spot market {wanted}"
+    names = list(names or [symbol])
+    inactive = []
+    for name in names:
+        for quote in quotes:
+            for market in markets.values():
+                if market.get("spot") and market.get("base") == name and market.get("quote") == quote:
+                    if market.get("active") is False:
+                        inactive.append(market["symbol"])
+                        continue
+                    return market["symbol"], None
+    wanted = " or ".join(f"{n}/{q}" for n in names for q in quotes)
+    reason = f"not listed: {client.id} has no active spot market {wanted}"
+    if inactive:
+        reason += f" ({', '.join(inactive)} delisted)"
+    return None, reason
 
 
 def _with_retries(call, what: str, cfg: CollectConfig, counter: list[int]):
@@ -122,9 +137,20 @@ def fetch_candles(client, market: str, timeframe: str, start_ms: int, end_ms: in
     while since < end_ms:
         until = min(end_ms, since + page_size * tf_ms) - 1
         params = {"until": until} if client.id in UNTIL_SUPPORTED else {}
+        what = f"{client.id} {market} {timeframe} page from {client.iso8601(since)}"
         page = _with_retries(
             lambda s=since, p=params: client.fetch_ohlcv(market, timeframe, since=s, limit=page_size, params=p),
-            f"{client.id} {market} {timeframe} page from {client.iso8601(since)}", cfg, counter)
+            what, cfg, counter)
+        # ccxt returns [] without an exception for a 200 with malformed JSON, HTML or an empty
+        # body: an empty page where candles may be due is asked again before it counts as a gap.
+        for attempt in range(cfg.empty_page_retries):
+            if page:
+                break
+            log.warning("%s came back empty; asking again (%d/%d)", what, attempt + 1, cfg.empty_page_retries)
+            time.sleep(cfg.backoff_seconds * (2 ** attempt))
+            page = _with_retries(
+                lambda s=since, p=params: client.fetch_ohlcv(market, timeframe, since=s, limit=page_size, params=p),
+                what, cfg, counter)
         in_window = [c for c in page if start_ms <= c[0] < end_ms]
         for candle in in_window:
             seen = rows.setdefault(int(candle[0]), candle)
@@ -141,7 +167,7 @@ def fetch_candles(client, market: str, timeframe: str, start_ms: int, end_ms: in
 
 def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime, end: datetime, *,
                  quotes: list[str] | tuple[str, ...], mode: str, emulator_url: str | None = None,
-                 page_size: int | None = None, cfg: CollectConfig | None = None,
+                 names: list[str] | tuple[str, ...] | None = None, page_size: int | None = None, cfg: CollectConfig | None = None,
                  enable_rate_limit: bool = True, client=None) -> CollectResult:
     """Collect the closed candles of [start, end) for `symbol` on `exchange_id`."""
     cfg = cfg or CollectConfig()
@@ -156,7 +182,7 @@ def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime,
     client = client or make_exchange(exchange_id, mode=mode, emulator_url=emulator_url,
                                      enable_rate_limit=enable_rate_limit, timeout_ms=cfg.timeout_ms)
     _with_retries(client.load_markets, f"{exchange_id} load_markets", cfg, counter)
-    market, reason = resolve_market(client, symbol, quotes)
+    market, reason = resolve_market(client, symbol, quotes, names)
     if market is None:
         result.skipped_reason, result.requests, result.missing = reason, counter[0], 0
         return result
@@ -166,6 +192,7 @@ def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime,
     if client.has.get("fetchTime"):
         now_ms = _with_retries(client.fetch_time, f"{exchange_id} fetch_time", cfg, counter)
     closed_end = min(end_ms, now_ms // tf_ms * tf_ms)  # the candle open at `now` is not final yet
+    result.closed_end_ms = closed_end
     if closed_end < end_ms:
         open_candles = (end_ms - max(closed_end, start_ms)) // tf_ms
         result.expected = expected = max(0, expected - open_candles)
@@ -183,6 +210,8 @@ def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime,
     if result.missing > 0 and closed_end > start_ms:
         served_from = frame["ts"].min() if len(frame) else None
         if exchange_id == "kraken" and (served_from is None or served_from > pd.Timestamp(start_ms, unit="ms", tz="UTC")):
+            # its OHLC endpoint keeps 720 candles, the newest still open: that is the horizon
+            result.served_from_ms = (now_ms // tf_ms - 719) * tf_ms
             result.notes.append("kraken's OHLC endpoint serves only its 720 most recent candles: "
                                 f"{result.missing} older candle(s) of the window are not available from it")
         else:

@@ -83,6 +83,11 @@ class Universe:
     symbols: tuple[str, ...]
     timeframes: tuple[str, ...]
     exchanges: dict[str, ExchangeConfig]
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def names(self, symbol: str) -> tuple[str, ...]:
+        """The tickers a symbol may be listed under: itself first, then its renames."""
+        return (symbol, *self.aliases.get(symbol, ()))
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every (exchange, symbol) combination, in a stable order."""
@@ -105,6 +110,9 @@ class CollectConfig:
     backoff_seconds: float = 1.0   # first wait; doubles per attempt
     timeout_ms: int = 15_000       # per HTTP request
     enable_rate_limit: bool = True  # ccxt's own throttle (CANDLEFLOW_RATE_LIMIT=false turns it off)
+    empty_page_retries: int = 1     # an empty page where candles may be due is asked again this often
+    chunk_days: int = 31            # a backfill validates, writes and resumes per chunk of this many days
+    overlap_intervals: int = 1      # scheduled runs also re-fetch this many previous intervals (late candles)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ class PipelineConfig:
     alerts_conn_id: str
     demo_start: datetime
     demo_end: datetime
+    demo_symbols: tuple[str, ...] = ("BTC", "ETH", "SOL")
+    demo_timeframe: str = "1h"
     collect: CollectConfig = field(default_factory=CollectConfig)
 
 
@@ -158,7 +168,12 @@ def load_universe() -> Universe:
         if not isinstance(page_size, int) or page_size < 1:
             raise ConfigError(f"{where}: exchanges.{ex_id}.page_size {page_size!r} is invalid; use a positive integer")
         exchanges[ex_id] = ExchangeConfig(id=ex_id, quotes=quotes, page_size=page_size)
-    return Universe(symbols=symbols, timeframes=timeframes, exchanges=exchanges)
+    aliases = {}
+    for sym, names in (data.get("aliases") or {}).items():
+        if str(sym).upper() not in symbols:
+            raise ConfigError(f"{where}: aliases.{sym} is not a symbol of the universe; add it to 'symbols' or drop it")
+        aliases[str(sym).upper()] = tuple(str(n).upper() for n in names)
+    return Universe(symbols=symbols, timeframes=timeframes, exchanges=exchanges, aliases=aliases)
 
 
 def load_pipeline() -> PipelineConfig:
@@ -184,6 +199,8 @@ def load_pipeline() -> PipelineConfig:
         alerts_conn_id=data.get("alerts", {}).get("conn_id", "candleflow_alerts"),
         demo_start=start,
         demo_end=end,
+        demo_symbols=tuple(str(x).upper() for x in demo.get("symbols", ["BTC", "ETH", "SOL"])),
+        demo_timeframe=parse_timeframe(demo.get("timeframe", "1h"), f"{where}: demo.timeframe"),
         collect=_collect_config(data.get("collect") or {}, where),
     )
 
@@ -194,8 +211,8 @@ def _collect_config(data: dict, where: str) -> CollectConfig:
     try:
         cfg = CollectConfig(**data)
     except TypeError as exc:
-        raise ConfigError(f"{where}: collect has an unknown field ({exc}); use max_attempts, backoff_seconds, "
-                          "timeout_ms, enable_rate_limit") from exc
+        raise ConfigError(f"{where}: collect has an unknown field ({exc}); see "
+                          "include/config/pipeline.yaml for the fields") from exc
     if cfg.max_attempts < 1:
         raise ConfigError(f"{where}: collect.max_attempts must be at least 1")
     return cfg

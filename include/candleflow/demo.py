@@ -22,7 +22,7 @@ from pathlib import Path
 from candleflow.config import load_pipeline, load_universe
 from candleflow.stack import REPO_ROOT, LocalStack
 
-DEMO_DAGS = ("ohlcv_backfill", "train_models", "ohlcv_ingest")
+DEMO_DAGS = ("ohlcv_backfill", "train_models", "ohlcv_ingest_1h")
 FINISHED = {"success", "failed"}
 
 
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = {
         "exchanges": list(universe.exchanges),
-        "symbols": list(universe.symbols),
-        "timeframe": universe.timeframes[0],
+        "symbols": list(cfg.demo_symbols),
+        "timeframe": cfg.demo_timeframe,
         "start": cfg.demo_start.isoformat(),
         "end": cfg.demo_end.isoformat(),
     }

@@ -49,9 +49,39 @@ def plan_pairs(*, exchanges: list[str] | None, symbols: list[str] | None, timefr
             "symbol": sym,
             "timeframe": timeframe,
             "quotes": list(universe.exchanges[ex].quotes),
+            "names": list(universe.names(sym)),
             "start": start_dt.isoformat(),
             "end": end_dt.isoformat(),
         }
         for ex in chosen_exchanges
         for sym in chosen_symbols
     ]
+
+
+def estimate_cost(pairs: list[dict]) -> list[str]:
+    """What a request costs per exchange: OHLCV requests at the configured page size and the
+    wall time at ccxt's request spacing (`rateLimit`), printed before anything is fetched."""
+    import math
+
+    import ccxt
+
+    universe = load_universe()
+    lines, total_seconds = [], 0.0
+    by_exchange: dict[str, list[dict]] = {}
+    for pair in pairs:
+        by_exchange.setdefault(pair["exchange"], []).append(pair)
+    for exchange, group in by_exchange.items():
+        tf_ms = TIMEFRAME_MS[group[0]["timeframe"]]
+        page = universe.exchanges[exchange].page_size
+        candles = [(int(parse_utc(p["end"], "end").timestamp() * 1000)
+                    - int(parse_utc(p["start"], "start").timestamp() * 1000)) // tf_ms for p in group]
+        if exchange == "kraken":
+            candles = [min(c, 720) for c in candles]  # its OHLC endpoint serves the 720 most recent only
+        requests = sum(math.ceil(c / page) + 1 for c in candles) + 2  # + fetch_time per pair, + markets
+        spacing_ms = getattr(ccxt, exchange)().rateLimit
+        seconds = requests * spacing_ms / 1000
+        total_seconds = max(total_seconds, seconds)  # exchanges run in parallel
+        lines.append(f"cost: {exchange}: {len(group)} symbol(s) × up to {max(candles)} candles → ~{requests} requests "
+                     f"at {page}/page, ≈ {seconds:.0f} s at ccxt's {spacing_ms} ms spacing")
+    lines.append(f"cost: projected wall time ≈ {total_seconds:.0f} s (exchanges in parallel)")
+    return lines

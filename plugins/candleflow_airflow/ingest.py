@@ -1,25 +1,28 @@
-"""The OHLCV ingest task graph, shared by `ohlcv_ingest` (scheduled) and `ohlcv_backfill` (form).
+"""The OHLCV ingest task graph, shared by the scheduled `ohlcv_ingest_<tf>` DAGs and `ohlcv_backfill`.
 
-    plan ──► pair[exchange, symbol] (mapped task group) ──► announce (emits the ohlcv asset)
-                collect ─► validate ─► publish              └► fail_if_any_pair_failed
+    plan ──► ingest[exchange] ──► verdict[exchange]        (fails if a batch was quarantined)
+                 │
+                 ├──► announce        (emits the ohlcv asset once per run, listing what landed)
+                 ├──► coverage_report (coverage table + heatmap of the run's pairs, in the lake)
+                 └──► fail_if_any_exchange_failed (watcher: a partial failure fails the run)
 
-- collect: ccxt fetches exactly the window, pages through it, drops the open candle and stages
-  the batch in S3 (`_staging/…`, keyed by run and pair, so a retry overwrites). A pair the exchange
-  does not list is skipped with its reason.
-- validate: the GX suite; a failing batch is copied to `quarantine/…` with its report and the task
-  fails at once (no retry: bad data does not heal) with a one-paragraph summary.
-- publish: writes the batch to the Hive-partitioned lake under deterministic keys and removes the
-  staged copy.
-- announce: runs when every pair is done and emits one asset event listing what landed, so the
-  training DAG starts once per run, not once per pair. The watcher fails the run if any pair
-  failed (a leaf that succeeds would otherwise mark the run green).
+- ingest: one mapped task per exchange, which owns that exchange's ccxt client and rate limit and
+  loops over the symbols (candleflow.ingest.ingest_exchange): collect → GX suite → lake or
+  quarantine → gap ledger, per chunk, skipping chunks already complete unless `force`. A symbol
+  the exchange does not list is skipped with its reason. An exchange error that survives the
+  in-task retries fails the task *after* the other symbols landed, so Airflow retries it (only
+  the incomplete chunks are fetched again in a backfill).
+- verdict: fails with the quality summary when any batch of that exchange was quarantined (no
+  retry: bad data does not heal); alerts once per exchange.
+- announce runs when every exchange is done: one asset event, so `train_models` starts once per
+  run, not once per pair.
 
-All stage logic lives in `candleflow`; the tasks here only resolve connections and hand over keys.
+All stage logic lives in `candleflow`; these tasks resolve connections and pass small dicts.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import TriggerRule, get_current_context, task, task_group
+from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import OHLCV
 
@@ -30,140 +33,141 @@ def _s3_client(conn_id: str):
     return S3Hook(aws_conn_id=conn_id).get_conn()
 
 
+def _requests(pairs: list[dict], *, force: bool = False, chunk_seconds: int | None = None) -> list[dict]:
+    """Group the planned (exchange, symbol) pairs into one request per exchange."""
+    by_exchange: dict[str, dict] = {}
+    for pair in pairs:
+        request = by_exchange.setdefault(pair["exchange"], {
+            "exchange": pair["exchange"], "symbols": [], "timeframe": pair["timeframe"], "quotes": pair["quotes"],
+            "page_size": pair.get("page_size"), "start": pair["start"], "end": pair["end"], "force": force,
+            "chunk_seconds": chunk_seconds, "names": {},
+        })
+        request["symbols"].append(pair["symbol"])
+        request["names"][pair["symbol"]] = pair.get("names") or [pair["symbol"]]
+    return list(by_exchange.values())
+
+
 @task
 def plan_interval(timeframe: str) -> list[dict]:
-    """Every (exchange, symbol) of the universe for the run's data interval (scheduled runs and
-    the UI's native backfill)."""
+    """Every exchange of the universe for the run's data interval, plus the previous interval(s)
+    again (`collect.overlap_intervals`) so candles an exchange published late are picked up;
+    each interval keeps its own deterministic lake keys, so the overlap rewrites, never duplicates."""
+    from candleflow.config import load_pipeline
     from candleflow.plan import plan_pairs
 
     ctx = get_current_context()
-    return plan_pairs(exchanges=None, symbols=None, timeframe=timeframe,
-                      start=ctx["data_interval_start"], end=ctx["data_interval_end"])
+    start, end = ctx["data_interval_start"], ctx["data_interval_end"]
+    overlap = load_pipeline().collect.overlap_intervals
+    pairs = plan_pairs(exchanges=None, symbols=None, timeframe=timeframe, start=start - (end - start) * overlap,
+                       end=end)
+    return _requests(pairs, chunk_seconds=int((end - start).total_seconds()))
 
 
 @task
 def plan_from_params() -> list[dict]:
-    """The pairs and window of a form-triggered run, validated before any exchange is called."""
-    from candleflow.plan import plan_pairs
+    """The exchanges, symbols and window of a form-triggered run, validated before any exchange is
+    called; logs what the request will cost at the exchanges' rate limits."""
+    import logging
+
+    from candleflow.plan import estimate_cost, plan_pairs
 
     params = get_current_context()["params"]
-    return plan_pairs(exchanges=params.get("exchanges"), symbols=params.get("symbols"),
-                      timeframe=params["timeframe"], start=params["start"], end=params["end"])
+    pairs = plan_pairs(exchanges=params.get("exchanges"), symbols=params.get("symbols"),
+                       timeframe=params["timeframe"], start=params["start"], end=params["end"])
+    for line in estimate_cost(pairs):
+        logging.getLogger("candleflow.ingest").info(line)
+    return _requests(pairs, force=bool(params.get("force")))
 
 
-@task
-def collect(pair: dict) -> dict:
-    import logging
+@task(map_index_template="{{ exchange_label }}")
+def ingest(request: dict) -> dict:
+    from datetime import timedelta
 
-    from airflow.sdk.exceptions import AirflowSkipException
+    from candleflow.config import load_pipeline, load_universe, parse_utc
+    from candleflow.ingest import ingest_exchange
 
-    from candleflow import lake
-    from candleflow.collect import collect_pair
-    from candleflow.config import load_pipeline, parse_utc
-
-    log = logging.getLogger("candleflow.ingest")
     cfg = load_pipeline()
-    result = collect_pair(
-        pair["exchange"], pair["symbol"], pair["timeframe"],
-        parse_utc(pair["start"], "start"), parse_utc(pair["end"], "end"),
-        quotes=pair["quotes"], mode=cfg.exchange_mode, emulator_url=cfg.emulator_url,
-        cfg=cfg.collect, enable_rate_limit=cfg.collect.enable_rate_limit,
+    exchange = request["exchange"]
+    get_current_context()["exchange_label"] = exchange  # the mapped instance's name in the UI
+    page_size = request.get("page_size") or load_universe().exchanges[exchange].page_size
+    chunk = timedelta(seconds=request["chunk_seconds"]) if request.get("chunk_seconds") else None
+    report = ingest_exchange(
+        _s3_client(cfg.lake.aws_conn_id), cfg.lake, exchange=exchange, symbols=request["symbols"],
+        timeframe=request["timeframe"], start=parse_utc(request["start"], "start"), end=parse_utc(request["end"], "end"),
+        quotes=request["quotes"], page_size=page_size, mode=cfg.exchange_mode, emulator_url=cfg.emulator_url,
+        collect_cfg=cfg.collect, force=request.get("force", False), chunk=chunk, names=request.get("names"),
     )
-    for note in result.notes:
-        log.warning("%s %s: %s", pair["exchange"], pair["symbol"], note)
-    if result.skipped_reason:
-        raise AirflowSkipException(result.skipped_reason)
-    ctx = get_current_context()
-    key = lake.stage_key(ctx["run_id"], pair["exchange"], pair["symbol"], pair["timeframe"])
-    lake.write_staged(_s3_client(cfg.lake.aws_conn_id), cfg.lake.bucket, key, result.candles, result.market)
-    log.info("%s %s (%s) %s: %d candles of %d expected, %d missing, %d requests",
-             pair["exchange"], pair["symbol"], result.market, pair["timeframe"], len(result.candles),
-             result.expected, result.missing, result.requests)
-    return {**pair, "market": result.market, "staged_key": key, "rows": len(result.candles),
-            "expected": result.expected, "missing": result.missing, "notes": list(result.notes)}
+    failed = report.by_status("failed")
+    if failed:
+        # The other symbols landed; fail so Airflow retries (a retry re-fetches idempotently).
+        details = "; ".join(f"{c.symbol} {c.start} → {c.end}: {c.detail}" for c in failed[:5])
+        raise RuntimeError(f"{exchange}: {len(failed)} chunk(s) failed after retries: {details}")
+    return report.to_json()
 
 
 @task
-def validate(batch: dict) -> dict:
-    import logging
+def verdict(report: dict) -> dict:
+    """Fail, with the quality summary, when any batch of this exchange was quarantined
+    (QualityError: the retry policy fails it at once, a retry would not change the data)."""
+    from candleflow.quality import QualityError
 
-    from candleflow import lake, quality
-    from candleflow.config import load_pipeline, parse_utc
-
-    log = logging.getLogger("candleflow.ingest")
-    cfg = load_pipeline()
-    s3 = _s3_client(cfg.lake.aws_conn_id)
-    candles, market = lake.read_staged(s3, cfg.lake.bucket, batch["staged_key"])
-    label = f"{batch['exchange']} {market} {batch['timeframe']} {batch['start']} → {batch['end']}"
-    report = quality.validate_ohlcv(candles, batch["timeframe"], context_label=label)
-    if not report.success:
-        key = lake.quarantine_batch(
-            s3, cfg.lake.bucket, candles, report.to_json(),
-            exchange=batch["exchange"], symbol=batch["symbol"], timeframe=batch["timeframe"], market=market,
-            window_start=parse_utc(batch["start"], "start"), window_end=parse_utc(batch["end"], "end"),
-        )
-        raise quality.QualityError(f"{report.summary} Quarantined at s3://{cfg.lake.bucket}/{key}.")
-    log.info("quality: %s", report.summary)
-    return {**batch, "quality": {"success": True, "evaluated": report.evaluated_expectations}}
-
-
-@task
-def publish(batch: dict) -> dict:
-    from candleflow import lake
-    from candleflow.config import load_pipeline, parse_utc
-
-    cfg = load_pipeline()
-    s3 = _s3_client(cfg.lake.aws_conn_id)
-    candles, market = lake.read_staged(s3, cfg.lake.bucket, batch["staged_key"])
-    written = lake.write_batch(
-        s3, cfg.lake.bucket, candles,
-        exchange=batch["exchange"], symbol=batch["symbol"], timeframe=batch["timeframe"], market=market,
-        window_start=parse_utc(batch["start"], "start"), window_end=parse_utc(batch["end"], "end"),
-        prefix=cfg.lake.ohlcv_prefix,
-    )
-    lake.delete_staged(s3, cfg.lake.bucket, batch["staged_key"])
-    return {"exchange": batch["exchange"], "symbol": batch["symbol"], "timeframe": batch["timeframe"],
-            "start": batch["start"], "end": batch["end"],
-            "rows": sum(o.rows for o in written), "keys": [o.key for o in written]}
-
-
-@task_group(group_id="pair")
-def ingest_pair(pair: dict):
-    return publish(validate(collect(pair)))
+    quarantined = [c for c in report["chunks"] if c["status"] == "quarantined"]
+    if quarantined:
+        raise QualityError(" ".join(c["detail"] for c in quarantined))
+    return {"exchange": report["exchange"], "published": sum(c["status"] == "published" for c in report["chunks"])}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OHLCV])
-def announce(published, outlet_events=None) -> dict:
+def announce(reports, outlet_events=None) -> dict:
     """Emit one ohlcv asset event for the run, listing what landed; skip if nothing did."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    landed = [p for p in (published or []) if p]
+    landed = [(r, c) for r in (reports or []) if r for c in r["chunks"] if c["status"] == "published"]
     if not landed:
-        raise AirflowSkipException("no pair published any candles in this run")
+        raise AirflowSkipException("no exchange published any candles in this run")
     summary = {
-        "pairs": len(landed),
-        "rows": sum(p["rows"] for p in landed),
-        "symbols": sorted({p["symbol"] for p in landed}),
-        "timeframes": sorted({p["timeframe"] for p in landed}),
-        "start": min(p["start"] for p in landed),
-        "end": max(p["end"] for p in landed),
+        "pairs": len({(r["exchange"], c["symbol"]) for r, c in landed}),
+        "rows": sum(c["rows"] for _, c in landed),
+        "symbols": sorted({c["symbol"] for _, c in landed}),
+        "exchanges": sorted({r["exchange"] for r, _ in landed}),
+        "timeframes": sorted({r["timeframe"] for r, _ in landed}),
+        "start": min(c["start"] for _, c in landed),
+        "end": max(c["end"] for _, c in landed),
     }
     outlet_events[OHLCV].extra = summary
     return summary
 
 
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def coverage_report(reports) -> dict:
+    """Rebuild the coverage table and heatmap of the timeframe(s) this run touched."""
+    from candleflow import coverage
+    from candleflow.config import load_pipeline
+
+    cfg = load_pipeline()
+    s3 = _s3_client(cfg.lake.aws_conn_id)
+    timeframes = sorted({r["timeframe"] for r in (reports or []) if r})
+    published = {}
+    for timeframe in timeframes:
+        published[timeframe] = coverage.publish_report(s3, cfg.lake.bucket, timeframe)
+    return published
+
+
 # The watcher only mirrors failures that already alerted: no alert, no retry of its own.
 @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
-def fail_if_any_pair_failed() -> None:
+def fail_if_any_exchange_failed() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    raise AirflowFailException("at least one pair failed (see the failed tasks above); the others landed")
+    raise AirflowFailException("at least one exchange failed or quarantined a batch (see the failed tasks); "
+                               "everything else landed")
 
 
-def ohlcv_ingest_graph(pairs) -> None:
-    """Wire the per-pair group, the asset announcement and the watcher after a plan task."""
-    published = ingest_pair.expand(pair=pairs)
-    done = announce(published)
-    watcher = fail_if_any_pair_failed()
-    published >> watcher
-    done >> watcher
+def ohlcv_ingest_graph(requests) -> None:
+    """Wire ingest, verdict, announce, coverage and the watcher after a plan task."""
+    reports = ingest.expand(request=requests)
+    verdicts = verdict.expand(report=reports)
+    done = announce(reports)
+    cov = coverage_report(reports)
+    watcher = fail_if_any_exchange_failed()
+    [reports, verdicts] >> watcher
+    [done, cov] >> watcher

@@ -1,0 +1,43 @@
+"""
+### ohlcv_ingest_1m — 1m OHLCV candles from every exchange into the S3 lake, every minute
+
+Each run collects exactly its **data interval** (the previous minute) of 1m candles, and the interval before
+it again (late candles), for every symbol of `include/config/universe.yaml` on every exchange —
+one mapped `ingest` task per exchange, which owns that exchange's rate limit. Each batch is checked
+with the Great Expectations suite and written to the Hive-partitioned parquet lake
+(`ohlcv/exchange=…/symbol=…/timeframe=1m/date=…/`); a bad batch goes to `quarantine/` with its
+report and fails that exchange's `verdict` (the other batches still land). Keys are deterministic
+per interval: re-running a run replaces its objects. Every gap is recorded with its reason in the
+gap ledger (`coverage/`), and the coverage heatmap is rebuilt at
+`reports/coverage/timeframe=1m/coverage.html` in the lake bucket.
+
+**Backfill** from the UI (Dag → Backfill, or `airflow backfill create --dag-id ohlcv_ingest_1m
+--from-date … --to-date …`) runs one interval per run; for long ranges use `ohlcv_backfill`,
+which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv` asset, which
+triggers `train_models`.
+"""
+
+from datetime import UTC, datetime
+
+from airflow.sdk import CronDataIntervalTimetable, dag
+
+from candleflow_airflow.defaults import default_args
+from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_interval
+
+
+@dag(
+    dag_id="ohlcv_ingest_1m",
+    # Interval timetable: tasks read data_interval_start/end (a trigger timetable makes them equal).
+    schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
+    start_date=datetime(2017, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=2,
+    default_args=default_args(),
+    doc_md=__doc__,
+    tags=["candleflow", "ingest", "ohlcv", "1m"],
+)
+def ohlcv_ingest_1m():
+    ohlcv_ingest_graph(plan_interval(timeframe="1m"))
+
+
+ohlcv_ingest_1m()

@@ -1,0 +1,200 @@
+"""Ingest one exchange's symbols for a window: collect → check → publish (or quarantine) → ledger.
+
+One call per exchange and run, because an exchange's rate limit belongs to one ccxt client (its
+throttle only works inside a process) and because every task process pays seconds of imports: a
+mapped task per (exchange, symbol) would spend more time starting than collecting.
+
+The window is cut into chunks (whole UTC days, `collect.chunk_days` of them; a scheduled run's
+window is one chunk). Each chunk of each symbol is collected, validated with the GX suite, and
+then either written to the lake or quarantined with its report; then its gap ledger entries are
+written (see `candleflow.coverage`). A chunk the ledger already shows complete is skipped unless
+`force` — so a backfill re-run after a crash resumes where it stopped. Progress is logged as
+done/total with an ETA.
+
+A bad batch never stops the other symbols: the report lists what was published, quarantined,
+skipped (not listed) and failed (an exchange error that survived the retries), and the Airflow
+layer decides what fails the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from candleflow import coverage, lake
+from candleflow.config import TIMEFRAME_MS, CollectConfig, LakeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkOutcome:
+    symbol: str
+    start: str
+    end: str
+    status: str                    # published | quarantined | skipped | complete | failed
+    market: str | None = None
+    rows: int = 0
+    expected: int = 0
+    missing: int = 0
+    requests: int = 0
+    keys: list[str] = field(default_factory=list)
+    detail: str = ""               # reason for skipped / failed, quality summary for quarantined
+
+
+@dataclass
+class ExchangeReport:
+    exchange: str
+    timeframe: str
+    start: str
+    end: str
+    chunks: list[ChunkOutcome] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[ChunkOutcome]:
+        return [c for c in self.chunks if c.status == status]
+
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.chunks)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        counts = {s: len(self.by_status(s)) for s in ("published", "complete", "quarantined", "skipped", "failed")}
+        return (f"{self.exchange} {self.timeframe} {self.start} → {self.end}: {self.rows} candles in "
+                + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+
+
+def chunk_window(start: datetime, end: datetime, chunk_days: int) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut at UTC midnights every `chunk_days` days (the first and last may be partial)."""
+    if end - start <= timedelta(days=1) and start.date() == (end - timedelta(microseconds=1)).date():
+        return [(start, end)]
+    chunks, lo = [], start
+    while lo < end:
+        midnight = datetime(lo.year, lo.month, lo.day, tzinfo=timezone.utc)
+        hi = min(end, midnight + timedelta(days=chunk_days))
+        chunks.append((lo, hi))
+        lo = hi
+    return chunks
+
+
+def _chunk_complete(entries: list[coverage.LedgerEntry], lo: datetime, hi: datetime, tf_ms: int) -> bool:
+    day = datetime(lo.year, lo.month, lo.day, tzinfo=timezone.utc)
+    if lo != day or hi != datetime(hi.year, hi.month, hi.day, tzinfo=timezone.utc):
+        return False  # only whole days are judged complete; partial days are always fetched
+    while day < hi:
+        if not coverage.day_complete(entries, day.strftime("%Y-%m-%d"), tf_ms):
+            return False
+        day += timedelta(days=1)
+    return True
+
+
+class _Progress:
+    def __init__(self, label: str, total: int, every_seconds: float = 10.0):
+        self.label, self.total, self.done = label, total, 0
+        self.started = self.last = time.monotonic()
+        self.every = every_seconds
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done == self.total or now - self.last >= self.every or self.total <= 20:
+            self.last = now
+            elapsed = now - self.started
+            eta = elapsed / self.done * (self.total - self.done)
+            log.info("%s: %d/%d chunks (%.0f%%), %s, elapsed %.0f s, ETA %.0f s", self.label, self.done,
+                     self.total, 100 * self.done / self.total, what, elapsed, eta)
+
+
+def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[str], timeframe: str,
+                    start: datetime, end: datetime, quotes: list[str], page_size: int, mode: str,
+                    emulator_url: str | None, collect_cfg: CollectConfig, force: bool = False,
+                    chunk: timedelta | None = None, names: dict[str, list[str]] | None = None,
+                    client=None) -> ExchangeReport:
+    from candleflow import quality
+    from candleflow.collect import collect_pair, make_exchange
+
+    tf_ms = TIMEFRAME_MS[timeframe]
+    report = ExchangeReport(exchange, timeframe, start.isoformat(), end.isoformat())
+    client = client or make_exchange(exchange, mode=mode, emulator_url=emulator_url,
+                                     enable_rate_limit=collect_cfg.enable_rate_limit,
+                                     timeout_ms=collect_cfg.timeout_ms)
+    if chunk:  # scheduled runs: their interval and the overlap intervals before it, each on its own
+        chunks = [(start + chunk * i, min(end, start + chunk * (i + 1)))
+                  for i in range(-(-int((end - start) / chunk)))]
+    else:
+        chunks = chunk_window(start, end, collect_cfg.chunk_days)
+    progress = _Progress(f"{exchange} {timeframe}", len(chunks) * len(symbols))
+    bucket = lake_cfg.bucket
+    for symbol in symbols:
+        ledger = [] if force or len(chunks) == 1 else coverage.read_entries(
+            s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        for lo, hi in chunks:
+            outcome = ChunkOutcome(symbol, lo.isoformat(), hi.isoformat(), "failed")
+            report.chunks.append(outcome)
+            if ledger and _chunk_complete(ledger, lo, hi, tf_ms):
+                outcome.status, outcome.detail = "complete", "already complete in the lake"
+                progress.step(f"{symbol} {lo:%Y-%m-%d} already complete")
+                continue
+            try:
+                result = collect_pair(exchange, symbol, timeframe, lo, hi, quotes=quotes, mode=mode,
+                                      names=(names or {}).get(symbol),
+                                      emulator_url=emulator_url, page_size=page_size, cfg=collect_cfg, client=client)
+            except Exception as exc:  # noqa: BLE001 - one symbol's exchange error must not stop the others
+                import ccxt
+
+                if not isinstance(exc, ccxt.BaseError):
+                    raise
+                outcome.detail = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.error("%s %s %s → %s failed: %s", exchange, symbol, outcome.start, outcome.end, outcome.detail)
+                progress.step(f"{symbol} failed")
+                continue
+            outcome.market, outcome.requests = result.market, result.requests
+            outcome.expected, outcome.missing = result.expected, result.missing
+            for note in result.notes:
+                log.warning("%s %s: %s", exchange, symbol, note)
+            entry_args = dict(exchange=exchange, symbol=symbol, timeframe=timeframe, tf_ms=tf_ms, window_start=lo,
+                              window_end=hi, market=result.market)
+            if result.skipped_reason:
+                outcome.status, outcome.detail = "skipped", result.skipped_reason
+                log.info("%s %s skipped: %s", exchange, symbol, result.skipped_reason)
+                coverage.write_entries(s3, bucket, coverage.build_entries(
+                    present_ms=[], status="not_listed", **entry_args))
+                progress.step(f"{symbol} not listed")
+                # a symbol the exchange does not list is not listed in the other chunks either
+                for later_lo, later_hi in chunks[chunks.index((lo, hi)) + 1:]:
+                    report.chunks.append(ChunkOutcome(symbol, later_lo.isoformat(), later_hi.isoformat(), "skipped",
+                                                      detail=result.skipped_reason))
+                    progress.step(f"{symbol} not listed")
+                break
+            label = f"{exchange} {result.market} {timeframe} {lo.isoformat()} → {hi.isoformat()}"
+            checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label)
+            reasons = []
+            if result.served_from_ms is not None:
+                reasons.append((int(lo.timestamp() * 1000), result.served_from_ms, "not_served"))
+            if result.closed_end_ms is not None:
+                reasons.append((result.closed_end_ms, int(hi.timestamp() * 1000), "not_closed"))
+            present = result.candles["ts"].astype("int64").tolist() if len(result.candles) else []
+            if not checked.success:
+                key = lake.quarantine_batch(s3, bucket, result.candles, checked.to_json(), exchange=exchange,
+                                            symbol=symbol, timeframe=timeframe, market=result.market,
+                                            window_start=lo, window_end=hi, prefix=lake_cfg.quarantine_prefix)
+                outcome.status, outcome.keys = "quarantined", [key]
+                outcome.detail = f"{checked.summary} Quarantined at s3://{bucket}/{key}."
+                log.error(outcome.detail)
+                coverage.write_entries(s3, bucket, coverage.build_entries(
+                    present_ms=[], status="quarantined", **entry_args))
+                progress.step(f"{symbol} quarantined")
+                continue
+            written = lake.write_batch(s3, bucket, result.candles, exchange=exchange, symbol=symbol,
+                                       timeframe=timeframe, market=result.market, window_start=lo, window_end=hi,
+                                       prefix=lake_cfg.ohlcv_prefix)
+            coverage.write_entries(s3, bucket, coverage.build_entries(
+                present_ms=present, status="complete", reasons=reasons, **entry_args))
+            outcome.status, outcome.rows, outcome.keys = "published", sum(o.rows for o in written), [o.key for o in written]
+            progress.step(f"{symbol} {outcome.rows} candles")
+    log.info(report.summary())
+    return report
