@@ -95,8 +95,21 @@ def airflow_db():
 @pytest.fixture(scope="session")
 def pipeline_env(local_stack, moto_server, emulator_server, mlflow_server):
     """Point pipeline code (DAG tasks run in-process by dag.test) at the session's stand-ins."""
-    # ccxt's throttle off: the emulator does not meter tests, and kraken's 1 s spacing is only sleep.
-    env = {**local_stack.pipeline_env(), "CANDLEFLOW_RATE_LIMIT": "false"}
+    # The end-to-end runs use the demo universe (BTC, ETH, SOL): a copy of include/config with
+    # universe.yaml narrowed to it, so a scheduled run plans 15 pairs, not 150. ccxt's throttle
+    # stays on: the emulator enforces each exchange's published limits.
+    import shutil
+
+    import yaml
+
+    config = _STATE / "config"
+    shutil.copytree(REPO_ROOT / "include" / "config", config, dirs_exist_ok=True)
+    universe = yaml.safe_load((config / "universe.yaml").read_text())
+    demo = yaml.safe_load((config / "pipeline.yaml").read_text())["demo"]["symbols"]
+    universe["symbols"] = demo
+    universe["aliases"] = {k: v for k, v in (universe.get("aliases") or {}).items() if k in demo}
+    (config / "universe.yaml").write_text(yaml.safe_dump(universe))
+    env = {**local_stack.pipeline_env(), "CANDLEFLOW_CONFIG_DIR": str(config)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env

@@ -130,7 +130,8 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
     progress = _Progress(f"{exchange} {timeframe}", len(chunks) * len(symbols))
     bucket = lake_cfg.bucket
     for symbol in symbols:
-        ledger = [] if force or len(chunks) == 1 else coverage.read_entries(
+        # Scheduled runs (`chunk` given) always fetch: their point is to catch late candles.
+        ledger = [] if force or chunk else coverage.read_entries(
             s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe)
         for lo, hi in chunks:
             outcome = ChunkOutcome(symbol, lo.isoformat(), hi.isoformat(), "failed")

@@ -4,9 +4,11 @@ API) and a real MLflow server. Nothing is mocked in Python.
 
 One module-scoped scenario, in the order a user meets it:
 1. `ohlcv_backfill` for BTC/ETH/SOL × five exchanges over 10 days, with the emulator serving a
-   bad print (high < low) for kraken ETH: 14 pairs land, kraken ETH is quarantined, the run fails.
-2. The same backfill again: the lake's objects and bytes are identical.
-3. `ohlcv_ingest` for one hourly interval: one more object per pair.
+   bad print (high < low) for kraken ETH: 14 pairs land, kraken ETH is quarantined, kraken's
+   verdict fails and so does the run; the gap ledger explains the quarantined days.
+2. The same backfill again with `force`: the lake's objects and bytes are identical. Without
+   `force`, only the quarantined pair is fetched again (complete chunks are skipped).
+3. `ohlcv_ingest_1h` for one hourly interval: one more object per pair.
 4. `train_models` (local backend): one registered model per symbol, alias champion.
 5. `train_models` with the SageMaker backend for BTC: a real CreateTrainingJob on moto, the
    submitted job executed by the local runner, version 2 registered, champion unchanged.
@@ -66,11 +68,29 @@ def backfill(airflow_db, pipeline_env, emulator_server, lake):
         run = _get_dag("ohlcv_backfill").test(run_conf=conf)
         first = lake_mod.list_objects(*lake, prefix="ohlcv/")
         quarantine = lake_mod.list_objects(*lake, prefix="quarantine/")
-        rerun = _get_dag("ohlcv_backfill").test(run_conf=conf)
+        rerun = _get_dag("ohlcv_backfill").test(run_conf={**conf, "force": True})
         second = lake_mod.list_objects(*lake, prefix="ohlcv/")
+        before = _stats(emulator_server)
+        resumed = _get_dag("ohlcv_backfill").test(run_conf=conf)
+        after = _stats(emulator_server)
     finally:
         urllib.request.urlopen(urllib.request.Request(f"{emulator_server}/__admin/faults", method="DELETE"))
-    return {"run": run, "rerun": rerun, "first": first, "second": second, "quarantine": quarantine}
+    fetched = {ex: after[ex] - before.get(ex, 0) for ex in after}
+    return {"run": run, "rerun": rerun, "first": first, "second": second, "quarantine": quarantine,
+            "resumed": resumed, "fetched": fetched}
+
+
+def _stats(url: str) -> dict[str, int]:
+    """OHLCV requests served per exchange so far."""
+    with urllib.request.urlopen(f"{url}/__admin/stats", timeout=10) as resp:
+        stats = json.loads(resp.read())
+    ohlcv = ("klines", "candles", "OHLC", "kline")
+    out: dict[str, int] = {}
+    for route, count in stats.items():
+        if isinstance(count, int) and route.split(" ", 1)[-1].endswith(ohlcv):
+            ex = route.split(" ", 1)[0]
+            out[ex] = out.get(ex, 0) + count
+    return out
 
 
 def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, lake):
@@ -78,10 +98,11 @@ def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, la
 
     assert backfill["run"].state == "failed"  # a quarantined pair fails the run, visibly
     states = _task_states(backfill["run"])
-    assert sum(1 for (t, _), s in states.items() if t == "pair.publish" and s == "success") == 14
-    assert sum(1 for (t, _), s in states.items() if t == "pair.validate" and s == "failed") == 1
-    assert states[("announce", -1)] == "success"
-    assert states[("fail_if_any_pair_failed", -1)] == "failed"
+    assert [states[("ingest", i)] for i in range(5)] == ["success"] * 5
+    kraken = EXCHANGES.index("kraken")
+    assert [states[("verdict", i)] for i in range(5)] == ["failed" if i == kraken else "success" for i in range(5)]
+    assert states[("announce", -1)] == "success" and states[("coverage_report", -1)] == "success"
+    assert states[("fail_if_any_exchange_failed", -1)] == "failed"
 
     keys = backfill["first"]
     for exchange in EXCHANGES:
@@ -112,10 +133,32 @@ def test_rerunning_the_backfill_leaves_identical_objects(backfill):
     assert backfill["first"] and backfill["second"] == backfill["first"]
 
 
+def test_a_backfill_rerun_without_force_fetches_only_what_is_incomplete(backfill):
+    # every chunk but kraken ETH's (quarantined) is complete in the gap ledger: only kraken asks again
+    assert backfill["resumed"].state == "failed"  # kraken ETH is still a bad print
+    assert backfill["fetched"]["kraken"] >= 1
+    assert {ex: n for ex, n in backfill["fetched"].items() if ex != "kraken"} == {
+        ex: 0 for ex in backfill["fetched"] if ex != "kraken"}
+
+
+def test_the_gap_ledger_and_coverage_report_explain_the_quarantined_pair(backfill, lake):
+    from candleflow import coverage
+
+    entries = coverage.read_entries(*lake, exchange="kraken", symbol="ETH", timeframe="1h")
+    assert len({e.date for e in entries}) == DAYS
+    assert all(e.status == "quarantined" and e.present == 0 for e in entries)
+    s3, bucket = lake
+    page = s3.get_object(Bucket=bucket, Key="reports/coverage/timeframe=1h/coverage.html")["Body"].read().decode()
+    assert "kraken" in page and "quarantined" in page
+    good = coverage.read_entries(*lake, exchange="binance", symbol="BTC", timeframe="1h")
+    assert all(e.status == "complete" and e.present == e.expected == 24 for e in good)
+
+
 def test_hourly_ingest_run_writes_its_interval(backfill, lake):
     from candleflow import lake as lake_mod
 
-    run = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
+    run = _get_dag("ohlcv_ingest_1h").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
+    assert run.state == "success", _task_states(run)
     start, end = run.data_interval_start, run.data_interval_end
     assert (end - start).total_seconds() == 3600
     frame = lake_mod.read(*lake, timeframe="1h", start=start, end=end)
@@ -144,8 +187,8 @@ def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
         assert mlflow_run.data.params["window_end"].startswith("2024-10-30")
         assert "val_directional_accuracy" in " ".join(mlflow_run.data.metrics)
         assert mlflow_run.data.params["exchanges"] == "binance,bybit,coinbase,kraken,okx"
-        # kraken ETH was quarantined by the backfill; only the later hourly run's candle landed
-        assert int(mlflow_run.data.params["rows"]) == (4 * CANDLES + 1 if symbol == "ETH" else 5 * CANDLES)
+        # kraken ETH was quarantined by the backfill; only the hourly run's two intervals landed
+        assert int(mlflow_run.data.params["rows"]) == (4 * CANDLES + 2 if symbol == "ETH" else 5 * CANDLES)
 
 
 def test_sagemaker_backend_submits_a_real_job_and_registers_its_model(trained, mlflow_server, local_stack):
