@@ -48,7 +48,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
     },
 )
 def ohlcv_backfill():
-    ohlcv_ingest_graph(plan_from_params())
+    ohlcv_ingest_graph(plan_from_params(), timeframes=TIMEFRAMES)
 
 
 ohlcv_backfill()

@@ -13,7 +13,7 @@ gap ledger (`coverage/`), and the coverage heatmap is rebuilt at
 
 **Backfill** from the UI (Dag → Backfill, or `airflow backfill create --dag-id ohlcv_ingest_15m
 --from-date … --to-date …`) runs one interval per run; for long ranges use `ohlcv_backfill`,
-which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv` asset, which
+which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv_15m` asset, which
 triggers `train_models`.
 """
 
@@ -37,7 +37,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_interval
     tags=["candleflow", "ingest", "ohlcv", "15m"],
 )
 def ohlcv_ingest_15m():
-    ohlcv_ingest_graph(plan_interval(timeframe="15m"))
+    ohlcv_ingest_graph(plan_interval(timeframe="15m"), timeframes=("15m",))
 
 
 ohlcv_ingest_15m()

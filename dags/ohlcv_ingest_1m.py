@@ -13,7 +13,7 @@ gap ledger (`coverage/`), and the coverage heatmap is rebuilt at
 
 **Backfill** from the UI (Dag → Backfill, or `airflow backfill create --dag-id ohlcv_ingest_1m
 --from-date … --to-date …`) runs one interval per run; for long ranges use `ohlcv_backfill`,
-which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv` asset, which
+which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv_1m` asset, which
 triggers `train_models`.
 """
 
@@ -37,7 +37,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_interval
     tags=["candleflow", "ingest", "ohlcv", "1m"],
 )
 def ohlcv_ingest_1m():
-    ohlcv_ingest_graph(plan_interval(timeframe="1m"))
+    ohlcv_ingest_graph(plan_interval(timeframe="1m"), timeframes=("1m",))
 
 
 ohlcv_ingest_1m()

@@ -1,7 +1,7 @@
 """
 ### train_models — one model per symbol, trained on every exchange's candles, registered in MLflow
 
-Runs when the `candleflow_ohlcv` asset is updated (an ingest or backfill landed candles) and by
+Runs when the `candleflow_ohlcv_1h` asset is updated (an ingest or backfill landed candles) and by
 hand with the form below. For each symbol it snapshots the lake's candles of the training window
 (all exchanges that list it) into a training channel, trains the LSTM with the configured backend
 — `local` (default: a subprocess on this worker) or `sagemaker` (a real SageMaker training job:
@@ -21,14 +21,14 @@ from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOp
 from airflow.sdk import Param, dag
 
 from candleflow.config import TIMEFRAMES
-from candleflow_airflow.assets import OHLCV
+from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
 from candleflow_airflow.defaults import default_args
 from candleflow_airflow.training import train_models_graph
 
 
 @dag(
     dag_id="train_models",
-    schedule=[OHLCV],
+    schedule=[OHLCV_BY_TIMEFRAME["1h"]],  # the models are trained on 1h candles
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from candleflow.config import TIMEFRAME_MS
 
@@ -69,7 +69,7 @@ class LedgerEntry:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def _ms(dt: datetime) -> int:
@@ -105,7 +105,7 @@ def build_entries(*, exchange: str, symbol: str, timeframe: str, tf_ms: int, win
     """
     entries = []
     present = set(present_ms)
-    day = datetime(window_start.year, window_start.month, window_start.day, tzinfo=timezone.utc)
+    day = datetime(window_start.year, window_start.month, window_start.day, tzinfo=UTC)
     while day < window_end:
         lo, hi = max(day, window_start), min(day + timedelta(days=1), window_end)
         lo_ms, hi_ms = _ms(lo), _ms(hi)
@@ -179,7 +179,7 @@ def read_entries(s3, bucket: str, *, exchange: str | None = None, symbol: str | 
 
 def day_complete(entries: list[LedgerEntry], date: str, tf_ms: int) -> bool:
     """True when the windows recorded for `date` cover the whole day and none needs a re-fetch."""
-    day_start = _ms(datetime.fromisoformat(date).replace(tzinfo=timezone.utc))
+    day_start = _ms(datetime.fromisoformat(date).replace(tzinfo=UTC))
     covered = set()
     for entry in entries:
         if entry.date != date:

@@ -19,9 +19,10 @@ layer decides what fails the task.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from candleflow import coverage, lake
 from candleflow.config import TIMEFRAME_MS, CollectConfig, LakeConfig
@@ -74,7 +75,7 @@ def chunk_window(start: datetime, end: datetime, chunk_days: int) -> list[tuple[
         return [(start, end)]
     chunks, lo = [], start
     while lo < end:
-        midnight = datetime(lo.year, lo.month, lo.day, tzinfo=timezone.utc)
+        midnight = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)
         hi = min(end, midnight + timedelta(days=chunk_days))
         chunks.append((lo, hi))
         lo = hi
@@ -82,8 +83,8 @@ def chunk_window(start: datetime, end: datetime, chunk_days: int) -> list[tuple[
 
 
 def _chunk_complete(entries: list[coverage.LedgerEntry], lo: datetime, hi: datetime, tf_ms: int) -> bool:
-    day = datetime(lo.year, lo.month, lo.day, tzinfo=timezone.utc)
-    if lo != day or hi != datetime(hi.year, hi.month, hi.day, tzinfo=timezone.utc):
+    day = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)
+    if lo != day or hi != datetime(hi.year, hi.month, hi.day, tzinfo=UTC):
         return False  # only whole days are judged complete; partial days are always fetched
     while day < hi:
         if not coverage.day_complete(entries, day.strftime("%Y-%m-%d"), tf_ms):
@@ -124,7 +125,7 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
                                      timeout_ms=collect_cfg.timeout_ms)
     if chunk:  # scheduled runs: their interval and the overlap intervals before it, each on its own
         chunks = [(start + chunk * i, min(end, start + chunk * (i + 1)))
-                  for i in range(-(-int((end - start) / chunk)))]
+                  for i in range(math.ceil((end - start) / chunk))]
     else:
         chunks = chunk_window(start, end, collect_cfg.chunk_days)
     progress = _Progress(f"{exchange} {timeframe}", len(chunks) * len(symbols))

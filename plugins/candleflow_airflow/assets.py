@@ -7,5 +7,9 @@ each parse of a DAG file: ~0.5 s.)
 
 from airflow.sdk import Asset
 
-OHLCV = Asset(name="candleflow_ohlcv", group="candleflow", extra={"table": "ohlcv"})
+# One asset per timeframe: a 1m ingest every minute must not trigger what consumes 1h candles.
+OHLCV_BY_TIMEFRAME = {
+    tf: Asset(name=f"candleflow_ohlcv_{tf}", group="candleflow", extra={"table": "ohlcv", "timeframe": tf})
+    for tf in ("1m", "5m", "15m", "1h")
+}
 MODELS = Asset(name="candleflow_models", group="candleflow", extra={"registry": "mlflow"})

@@ -2,7 +2,7 @@
 
     plan ──► ingest[exchange] ──► verdict[exchange]        (fails if a batch was quarantined)
                  │
-                 ├──► announce        (emits the ohlcv asset once per run, listing what landed)
+                 ├──► announce_<tf>   (emits the candleflow_ohlcv_<tf> asset once per run, listing what landed)
                  ├──► coverage_report (coverage table + heatmap of the run's pairs, in the lake)
                  └──► fail_if_any_exchange_failed (watcher: a partial failure fails the run)
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from airflow.sdk import TriggerRule, get_current_context, task
 
-from candleflow_airflow.assets import OHLCV
+from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
 
 
 def _s3_client(conn_id: str):
@@ -117,14 +117,16 @@ def verdict(report: dict) -> dict:
     return {"exchange": report["exchange"], "published": sum(c["status"] == "published" for c in report["chunks"])}
 
 
-@task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OHLCV])
-def announce(reports, outlet_events=None) -> dict:
-    """Emit one ohlcv asset event for the run, listing what landed; skip if nothing did."""
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def announce(reports, timeframe: str, outlet_events=None) -> dict:
+    """Emit one `candleflow_ohlcv_<tf>` asset event for the run, listing what landed; skip (and
+    emit nothing) if nothing of that timeframe did."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    landed = [(r, c) for r in (reports or []) if r for c in r["chunks"] if c["status"] == "published"]
+    landed = [(r, c) for r in (reports or []) if r and r["timeframe"] == timeframe
+              for c in r["chunks"] if c["status"] == "published"]
     if not landed:
-        raise AirflowSkipException("no exchange published any candles in this run")
+        raise AirflowSkipException(f"no exchange published {timeframe} candles in this run")
     summary = {
         "pairs": len({(r["exchange"], c["symbol"]) for r, c in landed}),
         "rows": sum(c["rows"] for _, c in landed),
@@ -134,7 +136,7 @@ def announce(reports, outlet_events=None) -> dict:
         "start": min(c["start"] for _, c in landed),
         "end": max(c["end"] for _, c in landed),
     }
-    outlet_events[OHLCV].extra = summary
+    outlet_events[OHLCV_BY_TIMEFRAME[timeframe]].extra = summary
     return summary
 
 
@@ -162,12 +164,14 @@ def fail_if_any_exchange_failed() -> None:
                                "everything else landed")
 
 
-def ohlcv_ingest_graph(requests) -> None:
-    """Wire ingest, verdict, announce, coverage and the watcher after a plan task."""
+def ohlcv_ingest_graph(requests, timeframes: tuple[str, ...]) -> None:
+    """Wire ingest, verdict, announce (one per timeframe the DAG may collect), coverage and the
+    watcher after a plan task."""
     reports = ingest.expand(request=requests)
     verdicts = verdict.expand(report=reports)
-    done = announce(reports)
+    done = [announce.override(task_id=f"announce_{tf}", outlets=[OHLCV_BY_TIMEFRAME[tf]])(reports, timeframe=tf)
+            for tf in timeframes]
     cov = coverage_report(reports)
     watcher = fail_if_any_exchange_failed()
     [reports, verdicts] >> watcher
-    [done, cov] >> watcher
+    [*done, cov] >> watcher

@@ -63,7 +63,10 @@ def plan_training() -> list[dict]:
     universe = load_universe()
     training = load_training()
     timeframe = parse_timeframe(params.get("timeframe") or universe.timeframes[0], "timeframe")
-    symbols = [s.upper() for s in (params.get("symbols") or [])] or list(universe.symbols)
+    event_symbols = sorted({sym for events in (ctx.get("triggering_asset_events") or {}).values()
+                            for event in events for sym in ((event.extra or {}).get("symbols") or [])})
+    # the form's symbols, else those the triggering ingest run landed, else the whole universe
+    symbols = [s.upper() for s in (params.get("symbols") or [])] or event_symbols or list(universe.symbols)
     unknown = [s for s in symbols if s not in universe.symbols]
     if unknown:
         raise ConfigError(f"symbols: {', '.join(unknown)} not in the universe ({', '.join(universe.symbols)})")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import UTC, datetime, timedelta
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest

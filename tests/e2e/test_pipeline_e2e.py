@@ -101,7 +101,8 @@ def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, la
     assert [states[("ingest", i)] for i in range(5)] == ["success"] * 5
     kraken = EXCHANGES.index("kraken")
     assert [states[("verdict", i)] for i in range(5)] == ["failed" if i == kraken else "success" for i in range(5)]
-    assert states[("announce", -1)] == "success" and states[("coverage_report", -1)] == "success"
+    assert states[("announce_1h", -1)] == "success" and states[("coverage_report", -1)] == "success"
+    assert {states[(f"announce_{tf}", -1)] for tf in ("1m", "5m", "15m")} == {"skipped"}
     assert states[("fail_if_any_exchange_failed", -1)] == "failed"
 
     keys = backfill["first"]
