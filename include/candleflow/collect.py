@@ -133,14 +133,15 @@ def fetch_candles(client, market: str, timeframe: str, start_ms: int, end_ms: in
     tf_ms = TIMEFRAME_MS[timeframe]
     rows: dict[int, list] = {}
     conflicts: list[list] = []
-    since = start_ms
-    while since < end_ms:
-        until = min(end_ms, since + page_size * tf_ms) - 1
+
+    def fetch_page(since: int, until: int) -> list[list]:
         params = {"until": until} if client.id in UNTIL_SUPPORTED else {}
         what = f"{client.id} {market} {timeframe} page from {client.iso8601(since)}"
-        page = _with_retries(
-            lambda s=since, p=params: client.fetch_ohlcv(market, timeframe, since=s, limit=page_size, params=p),
-            what, cfg, counter)
+
+        def call():
+            return client.fetch_ohlcv(market, timeframe, since=since, limit=page_size, params=params)
+
+        page = _with_retries(call, what, cfg, counter)
         # ccxt returns [] without an exception for a 200 with malformed JSON, HTML or an empty
         # body: an empty page where candles may be due is asked again before it counts as a gap.
         for attempt in range(cfg.empty_page_retries):
@@ -148,20 +149,34 @@ def fetch_candles(client, market: str, timeframe: str, start_ms: int, end_ms: in
                 break
             log.warning("%s came back empty; asking again (%d/%d)", what, attempt + 1, cfg.empty_page_retries)
             time.sleep(cfg.backoff_seconds * (2 ** attempt))
-            page = _with_retries(
-                lambda s=since, p=params: client.fetch_ohlcv(market, timeframe, since=s, limit=page_size, params=p),
-                what, cfg, counter)
+            page = _with_retries(call, what, cfg, counter)
         in_window = [c for c in page if start_ms <= c[0] < end_ms]
         for candle in in_window:
             seen = rows.setdefault(int(candle[0]), candle)
             if seen is not candle and list(seen) != list(candle):
                 # Two different candles for one timestamp: keep both so the quality check sees it.
                 conflicts.append(candle)
+        return page, in_window
+
+    since = start_ms
+    while since < end_ms:
+        until = min(end_ms, since + page_size * tf_ms) - 1
+        page, in_window = fetch_page(since, until)
         newest = max((c[0] for c in in_window), default=None)
-        if client.id not in UNTIL_SUPPORTED and (newest is None or newest <= since):
-            break  # kraken: nothing at or after `since` is served, so no later page will be either
-        # Advance past what this page covered: its bound, or its newest candle if it went further.
-        since = max(until + 1, (newest + tf_ms) if newest is not None else since)
+        if client.id not in UNTIL_SUPPORTED:
+            if newest is None or newest <= since:
+                break  # kraken: nothing at or after `since` is served, so no later page will be either
+            since = max(until + 1, newest + tf_ms)
+            continue
+        # bybit and okx answer the *newest* `limit` candles of a range: a full page that starts
+        # late was cut at its old end, so ask again for what lies before it.
+        sub_page, sub_window = page, in_window
+        while sub_window and len(sub_page) >= page_size and min(c[0] for c in sub_window) > since:
+            sub_page, sub_window = fetch_page(since, min(c[0] for c in sub_window) - 1)
+        # Continue right after the newest candle received: a short page (fewer candles than asked,
+        # ending early) is completed by the next request instead of leaving a silent hole. Only a
+        # page that stays empty after its retries moves on past its bound (a real gap).
+        since = newest + tf_ms if newest is not None else until + 1
     return sorted([*rows.values(), *conflicts], key=lambda c: c[0])
 
 
