@@ -93,6 +93,24 @@ def _chunk_complete(entries: list[coverage.LedgerEntry], lo: datetime, hi: datet
     return True
 
 
+def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names, page_size, cfg) -> int | None:
+    """The pair's first candle (cached in the lake), so a backfill spends no request before it."""
+    from candleflow import listing
+    from candleflow.collect import _with_retries, resolve_market
+
+    if exchange == "kraken":
+        return None
+    counter = [0]
+    _with_retries(client.load_markets, f"{exchange} load_markets", cfg, counter)
+    market, _ = resolve_market(client, symbol, quotes, names)
+    if market is None:
+        return None
+    now_ms = _with_retries(client.fetch_time, f"{exchange} fetch_time", cfg, counter) \
+        if client.has.get("fetchTime") else client.milliseconds()
+    return listing.first_candle(s3, bucket, client, exchange, symbol, market, timeframe, page_size=page_size,
+                                now_ms=now_ms)
+
+
 class _Progress:
     def __init__(self, label: str, total: int, every_seconds: float = 10.0):
         self.label, self.total, self.done = label, total, 0
@@ -134,6 +152,8 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
         # Scheduled runs (`chunk` given) always fetch: their point is to catch late candles.
         ledger = [] if force or chunk else coverage.read_entries(
             s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        listed_ms = None if chunk else _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes,
+                                                         (names or {}).get(symbol), page_size, collect_cfg)
         for lo, hi in chunks:
             outcome = ChunkOutcome(symbol, lo.isoformat(), hi.isoformat(), "failed")
             report.chunks.append(outcome)
@@ -141,8 +161,20 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
                 outcome.status, outcome.detail = "complete", "already complete in the lake"
                 progress.step(f"{symbol} {lo:%Y-%m-%d} already complete")
                 continue
+            if listed_ms is not None and int(hi.timestamp() * 1000) <= listed_ms:
+                # before the pair's first candle: nothing to ask the exchange for
+                coverage.write_entries(s3, bucket, coverage.build_entries(
+                    exchange=exchange, symbol=symbol, timeframe=timeframe, tf_ms=tf_ms, window_start=lo,
+                    window_end=hi, present_ms=[], market=None, status="complete",
+                    reasons=[(int(lo.timestamp() * 1000), listed_ms, "not_listed")]))
+                outcome.status, outcome.detail = "complete", "before the pair's first candle"
+                progress.step(f"{symbol} {lo:%Y-%m-%d} before listing")
+                continue
+            fetch_from = lo
+            if listed_ms is not None and int(lo.timestamp() * 1000) < listed_ms:
+                fetch_from = datetime.fromtimestamp(listed_ms / 1000, UTC)
             try:
-                result = collect_pair(exchange, symbol, timeframe, lo, hi, quotes=quotes, mode=mode,
+                result = collect_pair(exchange, symbol, timeframe, fetch_from, hi, quotes=quotes, mode=mode,
                                       names=(names or {}).get(symbol),
                                       emulator_url=emulator_url, page_size=page_size, cfg=collect_cfg, client=client)
             except Exception as exc:  # noqa: BLE001 - one symbol's exchange error must not stop the others
@@ -175,6 +207,8 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
             label = f"{exchange} {result.market} {timeframe} {lo.isoformat()} → {hi.isoformat()}"
             checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label)
             reasons = []
+            if fetch_from > lo:
+                reasons.append((int(lo.timestamp() * 1000), int(fetch_from.timestamp() * 1000), "not_listed"))
             if result.served_from_ms is not None:
                 reasons.append((int(lo.timestamp() * 1000), result.served_from_ms, "not_served"))
             if result.closed_end_ms is not None:

@@ -77,3 +77,22 @@ def test_scheduled_runs_write_each_interval_under_its_own_key(emulator, s3_clien
     keys = sorted(lake.list_objects(s3_client, bucket, "ohlcv/exchange=binance/symbol=SOL/"))
     assert [k.rsplit("/", 1)[1] for k in keys] == ["part-20241029T210000Z_20241029T220000Z.parquet",
                                                    "part-20241029T220000Z_20241029T230000Z.parquet"]
+
+
+@pytest.mark.parametrize("exchange", ["binance", "coinbase", "bybit", "okx"])
+def test_a_backfill_from_before_the_listing_starts_at_the_first_candle(emulator, s3_client, bucket, exchange):
+    from candleflow import listing
+
+    listed = datetime(2021, 6, 23, tzinfo=UTC) if exchange == "coinbase" else datetime(2020, 8, 11, tzinfo=UTC)
+    start, end = datetime(2019, 1, 1, tzinfo=UTC), listed + timedelta(days=2)
+    before = sum(v for v in emulator.stats.values() if isinstance(v, int))
+    report = run(emulator, s3_client, bucket, exchange=exchange, symbols=("SOL",), start=start, end=end,
+                 page_size=300, cfg=CollectConfig(backoff_seconds=0.01, enable_rate_limit=False, chunk_days=400))
+    requests = sum(v for v in emulator.stats.values() if isinstance(v, int)) - before
+    assert report.rows == 48
+    assert requests < 45, requests  # markets, time, a binary search, two days of pages: no empty years
+    first = listing.read_cached(s3_client, bucket, exchange, "SOL", "1h")
+    assert first == int(listed.timestamp() * 1000)
+    ledger = coverage.read_entries(s3_client, bucket, exchange=exchange, symbol="SOL", timeframe="1h")
+    early = [e for e in ledger if e.date == "2019-06-01"]
+    assert early and early[0].gaps[0].reason == "not_listed" and early[0].status == "complete"

@@ -180,7 +180,11 @@ class Binance(Venue):
         start = _int(query, "startTime", None, self._error)
         end = _int(query, "endTime", None, self._error)
         if start is not None:
-            rows = self.rows(symbol, tf, start, (end + 1) if end is not None else start + tf * limit)[:limit]
+            # binance answers the first `limit` candles at or after startTime: from before the
+            # listing that is the listing's first candles (how clients discover a listing date)
+            first = max(start, self.config.listed_since(self.name, symbol) or start)
+            hi = (end + 1) if end is not None else first + tf * limit
+            rows = self.rows(symbol, tf, start, min(hi, first + tf * limit))[:limit] if first < hi else []
         else:
             hi = (end + 1) if end is not None else self.now_ms() + tf
             rows = self.rows(symbol, tf, hi - tf * (limit + 1), hi)[-limit:]
