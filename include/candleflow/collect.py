@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -46,6 +46,7 @@ class CollectResult:
     notes: list[str] = field(default_factory=list)
     closed_end_ms: int | None = None      # candles from here on were still open at collection time
     served_from_ms: int | None = None     # kraken: the oldest candle its OHLC endpoint still serves
+    archive_files: int = 0                # binance: whole months read from its public data archive
 
 
 def empty_candles() -> pd.DataFrame:
@@ -180,9 +181,35 @@ def fetch_candles(client, market: str, timeframe: str, start_ms: int, end_ms: in
     return sorted([*rows.values(), *conflicts], key=lambda c: c[0])
 
 
+def _from_archive(client, market: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int, base_url: str,
+                  result: CollectResult) -> tuple[list[list], list[tuple[int, int]]]:
+    """Whole past months from binance's archive; returns their candles and the spans left for REST."""
+    from candleflow import archive
+
+    this_month = datetime.fromtimestamp(now_ms / 1000, UTC).replace(day=1, hour=0, minute=0, second=0,
+                                                                     microsecond=0)
+    market_id, interval = client.market(market)["id"], client.timeframes[timeframe]
+    rows, spans, cursor = [], [], start_ms
+    for year, month, lo, hi in archive.whole_months(start_ms, end_ms, int(this_month.timestamp() * 1000)):
+        try:
+            month_rows = archive.fetch_month(base_url, market_id, interval, year, month)
+        except archive.ArchiveUnavailable as exc:
+            result.notes.append(f"archive {year}-{month:02d} unusable, fetched by REST instead: {exc}")
+            continue
+        result.archive_files += 1
+        rows += [r for r in month_rows if lo <= r[0] < hi]
+        if lo > cursor:
+            spans.append((cursor, lo))
+        cursor = hi
+    if cursor < end_ms:
+        spans.append((cursor, end_ms))
+    return rows, spans
+
+
 def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime, end: datetime, *,
                  quotes: list[str] | tuple[str, ...], mode: str, emulator_url: str | None = None,
-                 names: list[str] | tuple[str, ...] | None = None, page_size: int | None = None, cfg: CollectConfig | None = None,
+                 names: list[str] | tuple[str, ...] | None = None, page_size: int | None = None,
+                 archive_base_url: str | None = None, cfg: CollectConfig | None = None,
                  enable_rate_limit: bool = True, client=None) -> CollectResult:
     """Collect the closed candles of [start, end) for `symbol` on `exchange_id`."""
     cfg = cfg or CollectConfig()
@@ -213,8 +240,15 @@ def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime,
         result.expected = expected = max(0, expected - open_candles)
         result.notes.append(f"window ends after the exchange's clock ({client.iso8601(now_ms)}): "
                             f"{open_candles} candle(s) not closed yet, left to a later run")
-    raw = fetch_candles(client, market, timeframe, start_ms, closed_end, page_size=page_size, cfg=cfg,
-                        counter=counter) if closed_end > start_ms else []
+    raw: list[list] = []
+    if archive_base_url and closed_end > start_ms:
+        raw, rest_spans = _from_archive(client, market, timeframe, start_ms, closed_end, now_ms, archive_base_url,
+                                        result)
+    else:
+        rest_spans = [(start_ms, closed_end)] if closed_end > start_ms else []
+    for lo, hi in rest_spans:
+        raw += fetch_candles(client, market, timeframe, lo, hi, page_size=page_size, cfg=cfg, counter=counter)
+    raw.sort(key=lambda c: c[0])
     result.requests = counter[0]
     frame = pd.DataFrame(raw, columns=COLUMNS)
     frame["ts"] = pd.to_datetime(frame["ts"].astype("int64"), unit="ms", utc=True).astype("datetime64[ms, UTC]")

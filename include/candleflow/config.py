@@ -113,6 +113,7 @@ class CollectConfig:
     empty_page_retries: int = 1     # an empty page where candles may be due is asked again this often
     chunk_days: int = 31            # a backfill validates, writes and resumes per chunk of this many days
     overlap_intervals: int = 1      # scheduled runs also re-fetch this many previous intervals (late candles)
+    binance_archive: bool = True    # whole past months on binance from data.binance.vision, not REST pages
 
 
 @dataclass(frozen=True)

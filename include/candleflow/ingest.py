@@ -70,13 +70,16 @@ class ExchangeReport:
 
 
 def chunk_window(start: datetime, end: datetime, chunk_days: int) -> list[tuple[datetime, datetime]]:
-    """[start, end) cut at UTC midnights every `chunk_days` days (the first and last may be partial)."""
+    """[start, end) cut at UTC midnights every `chunk_days` days and at every month start (the first
+    and last may be partial)."""
     if end - start <= timedelta(days=1) and start.date() == (end - timedelta(microseconds=1)).date():
         return [(start, end)]
     chunks, lo = [], start
     while lo < end:
         midnight = datetime(lo.year, lo.month, lo.day, tzinfo=UTC)
-        hi = min(end, midnight + timedelta(days=chunk_days))
+        next_month = datetime(lo.year + (lo.month == 12), lo.month % 12 + 1, 1, tzinfo=UTC)
+        # never across a month boundary: whole past months can come from binance's archive
+        hi = min(end, midnight + timedelta(days=chunk_days), next_month)
         chunks.append((lo, hi))
         lo = hi
     return chunks
@@ -138,6 +141,11 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
 
     tf_ms = TIMEFRAME_MS[timeframe]
     report = ExchangeReport(exchange, timeframe, start.isoformat(), end.isoformat())
+    archive_base_url = None
+    if exchange == "binance" and collect_cfg.binance_archive:
+        from candleflow.archive import LIVE_BASE_URL
+
+        archive_base_url = f"{emulator_url.rstrip('/')}/binance-archive" if mode == "emulator" else LIVE_BASE_URL
     client = client or make_exchange(exchange, mode=mode, emulator_url=emulator_url,
                                      enable_rate_limit=collect_cfg.enable_rate_limit,
                                      timeout_ms=collect_cfg.timeout_ms)
@@ -175,7 +183,7 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
                 fetch_from = datetime.fromtimestamp(listed_ms / 1000, UTC)
             try:
                 result = collect_pair(exchange, symbol, timeframe, fetch_from, hi, quotes=quotes, mode=mode,
-                                      names=(names or {}).get(symbol),
+                                      names=(names or {}).get(symbol), archive_base_url=archive_base_url,
                                       emulator_url=emulator_url, page_size=page_size, cfg=collect_cfg, client=client)
             except Exception as exc:  # noqa: BLE001 - one symbol's exchange error must not stop the others
                 import ccxt

@@ -96,3 +96,19 @@ def test_a_backfill_from_before_the_listing_starts_at_the_first_candle(emulator,
     ledger = coverage.read_entries(s3_client, bucket, exchange=exchange, symbol="SOL", timeframe="1h")
     early = [e for e in ledger if e.date == "2019-06-01"]
     assert early and early[0].gaps[0].reason == "not_listed" and early[0].status == "complete"
+
+
+def test_binance_whole_past_months_come_from_the_checksummed_archive(emulator, s3_client, bucket):
+    start, end = datetime(2024, 7, 20, tzinfo=UTC), datetime(2024, 10, 3, tzinfo=UTC)
+    emulator.faults.set([{"exchange": "binance", "kind": "archive_corrupt", "interval": "1h", "period": "2024-09"}])
+    before = dict(emulator.stats)
+    report = run(emulator, s3_client, bucket, symbols=("BTC",), start=start, end=end, page_size=1000,
+                 cfg=CollectConfig(backoff_seconds=0.01, enable_rate_limit=False, chunk_days=31))
+    klines = sum(v for k, v in emulator.stats.items() if isinstance(v, int) and k.endswith("klines")) - \
+        sum(v for k, v in before.items() if isinstance(v, int) and k.endswith("klines"))
+    assert report.rows == (end - start).days * 24
+    # one for the listing date; July (partial), September (corrupt archive) and October (partial)
+    # by REST; August from the archive
+    assert klines == 1 + 3
+    frame = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h")
+    assert len(frame) == report.rows and frame["ts"].is_unique
