@@ -104,6 +104,21 @@ def resolve_market(client, symbol: str, quotes: list[str] | tuple[str, ...],
     return None, reason
 
 
+def exchange_now(client, cfg: CollectConfig, counter: list[int]) -> int:
+    """The exchange's clock (ms). Asked once per client, then the local clock plus that offset:
+    ccxt charges fetch_time to the same throttle as the candle pages (a coinbase time call costs
+    as much as three pages)."""
+    offset = getattr(client, "_candleflow_clock_offset", None)
+    if offset is None:
+        offset = 0
+        if client.has.get("fetchTime"):
+            asked_at = client.milliseconds()
+            server = _with_retries(client.fetch_time, f"{client.id} fetch_time", cfg, counter)
+            offset = server - (asked_at + client.milliseconds()) // 2
+        client._candleflow_clock_offset = offset
+    return client.milliseconds() + offset
+
+
 def _with_retries(call, what: str, cfg: CollectConfig, counter: list[int]):
     import ccxt
 
@@ -230,9 +245,7 @@ def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime,
         return result
     result.market = market
 
-    now_ms = client.milliseconds()
-    if client.has.get("fetchTime"):
-        now_ms = _with_retries(client.fetch_time, f"{exchange_id} fetch_time", cfg, counter)
+    now_ms = exchange_now(client, cfg, counter)
     closed_end = min(end_ms, now_ms // tf_ms * tf_ms)  # the candle open at `now` is not final yet
     result.closed_end_ms = closed_end
     if closed_end < end_ms:
@@ -259,8 +272,10 @@ def collect_pair(exchange_id: str, symbol: str, timeframe: str, start: datetime,
     if result.missing > 0 and closed_end > start_ms:
         served_from = frame["ts"].min() if len(frame) else None
         if exchange_id == "kraken" and (served_from is None or served_from > pd.Timestamp(start_ms, unit="ms", tz="UTC")):
-            # its OHLC endpoint keeps 720 candles, the newest still open: that is the horizon
-            result.served_from_ms = (now_ms // tf_ms - 719) * tf_ms
+            # its OHLC endpoint keeps 720 candles, the newest still open: the oldest served is the
+            # horizon (read from the answer, not from a clock taken a request earlier)
+            result.served_from_ms = int(served_from.timestamp() * 1000) if served_from is not None \
+                else (now_ms // tf_ms - 719) * tf_ms
             result.notes.append("kraken's OHLC endpoint serves only its 720 most recent candles: "
                                 f"{result.missing} older candle(s) of the window are not available from it")
         else:

@@ -99,7 +99,7 @@ def _chunk_complete(entries: list[coverage.LedgerEntry], lo: datetime, hi: datet
 def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names, page_size, cfg) -> int | None:
     """The pair's first candle (cached in the lake), so a backfill spends no request before it."""
     from candleflow import listing
-    from candleflow.collect import _with_retries, resolve_market
+    from candleflow.collect import _with_retries, exchange_now, resolve_market
 
     if exchange == "kraken":
         return None
@@ -108,8 +108,7 @@ def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names,
     market, _ = resolve_market(client, symbol, quotes, names)
     if market is None:
         return None
-    now_ms = _with_retries(client.fetch_time, f"{exchange} fetch_time", cfg, counter) \
-        if client.has.get("fetchTime") else client.milliseconds()
+    now_ms = exchange_now(client, cfg, counter)
     return listing.first_candle(s3, bucket, client, exchange, symbol, market, timeframe, page_size=page_size,
                                 now_ms=now_ms)
 
