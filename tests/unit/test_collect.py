@@ -86,3 +86,13 @@ def test_candles_repeated_across_pages_are_kept_once(emulator):
     emulator.faults.set([{"exchange": "binance", "symbol": "BTC", "kind": "duplicate"}])
     result = collect(emulator, "binance", "BTC", datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 21, tzinfo=UTC))
     assert len(result.candles) == 24 and result.candles["ts"].is_unique
+
+
+def test_a_renamed_asset_resolves_through_its_alias(emulator):
+    window = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 21, tzinfo=UTC)
+    renamed = collect(emulator, "binance", "MATIC", *window, names=["MATIC", "POL"])
+    assert renamed.market == "POL/USDT" and len(renamed.candles) == 24
+    unrenamed = collect(emulator, "kraken", "MATIC", *window, names=["MATIC", "POL"])
+    assert unrenamed.market == "MATIC/USD"
+    without_alias = collect(emulator, "binance", "MATIC", *window)
+    assert without_alias.market is None and "MATIC/USDT" in without_alias.skipped_reason

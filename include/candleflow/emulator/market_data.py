@@ -81,6 +81,7 @@ class EmulatorConfig:
     exchanges: dict[str, ExchangeSpec]
     symbols: dict[str, SymbolSpec]
     listing_exceptions: dict[str, dict[str, str]] = field(default_factory=dict)
+    renames: dict[str, dict[str, str]] = field(default_factory=dict)  # symbol -> {exchange: ticker}
     real_data: list[dict] = field(default_factory=list)
     real_data_dir: Path | None = None
     rate_limits: dict[str, dict] = field(default_factory=dict)
@@ -122,7 +123,7 @@ def load_config(path: Path | None = None) -> EmulatorConfig:
             data_dir = (path.parent.parent.parent / data_dir).resolve()
     return EmulatorConfig(
         seed=int(raw.get("seed", 0)), exchanges=exchanges, symbols=symbols,
-        listing_exceptions=raw.get("listing_exceptions") or {}, real_data=raw.get("real_data") or [],
+        listing_exceptions=raw.get("listing_exceptions") or {}, renames=raw.get("renames") or {}, real_data=raw.get("real_data") or [],
         real_data_dir=data_dir, rate_limits=raw.get("rate_limits") or {}, archive=raw.get("archive") or {},
     )
 

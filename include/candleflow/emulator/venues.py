@@ -80,6 +80,10 @@ class Venue:
     def market_id(self, symbol: str) -> str:
         raise NotImplementedError
 
+    def ticker(self, symbol: str) -> str:
+        """The ticker this venue lists `symbol` under (MATIC trades as POL after its rename)."""
+        return self.config.renames.get(symbol, {}).get(self.name, symbol)
+
     def symbol_for(self, market_id: str) -> str | None:
         for symbol in self.listed():
             if self.market_id(symbol) == market_id:
@@ -119,7 +123,7 @@ class Binance(Venue):
     name = "binance"
 
     def market_id(self, symbol):
-        return f"{symbol}{self.spec.quote}"
+        return f"{self.ticker(symbol)}{self.spec.quote}"
 
     candle_routes = {"/api/v3/klines": "symbol"}
 
@@ -144,7 +148,7 @@ class Binance(Venue):
         symbols = []
         for s in self.listed():
             symbols.append({
-                "symbol": self.market_id(s), "status": "TRADING", "baseAsset": s, "baseAssetPrecision": 8,
+                "symbol": self.market_id(s), "status": "TRADING", "baseAsset": self.ticker(s), "baseAssetPrecision": 8,
                 "quoteAsset": self.spec.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
                 "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
                 "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
@@ -202,7 +206,7 @@ class Coinbase(Venue):
         return body.get("candles") if isinstance(body, dict) else None
 
     def market_id(self, symbol):
-        return f"{symbol}-{self.spec.quote}"
+        return f"{self.ticker(symbol)}-{self.spec.quote}"
 
     def routes(self):
         return {"/api/v3/brokerage/market/products": self.products,
@@ -217,12 +221,12 @@ class Coinbase(Venue):
 
     def crypto_currencies(self, query):
         return Reply(200, {"data": [
-            {"asset_id": f"emulated-{s.lower()}", "code": s, "name": s, "color": "#000000",
+            {"asset_id": f"emulated-{s.lower()}", "code": self.ticker(s), "name": self.ticker(s), "color": "#000000",
              "sort_index": i, "exponent": 8, "type": "crypto", "address_regex": ".*"}
             for i, s in enumerate(self.listed())]})
 
     def exchange_rates(self, query):
-        return Reply(200, {"data": {"currency": "USD", "rates": {s: "1" for s in self.listed()}}})
+        return Reply(200, {"data": {"currency": "USD", "rates": {self.ticker(s): "1" for s in self.listed()}}})
 
     def time(self, query):
         now = self.now_ms()
@@ -243,7 +247,7 @@ class Coinbase(Venue):
                 "base_min_size": "0.00000001", "base_max_size": "3400", "base_name": s, "quote_name": "US Dollar",
                 "watched": False, "is_disabled": False, "new": False, "status": "online", "cancel_only": False,
                 "limit_only": False, "post_only": False, "trading_disabled": False, "auction_mode": False,
-                "product_type": "SPOT", "quote_currency_id": self.spec.quote, "base_currency_id": s,
+                "product_type": "SPOT", "quote_currency_id": self.spec.quote, "base_currency_id": self.ticker(s),
                 "fcm_trading_session_details": None, "mid_market_price": "", "alias": "", "alias_to": [],
                 "base_display_symbol": s, "quote_display_symbol": self.spec.quote, "view_only": False,
                 "price_increment": "0.01", "display_name": self.market_id(s), "product_venue": "CBE",
@@ -280,11 +284,11 @@ class Kraken(Venue):
         return next((v for k, v in result.items() if k != "last"), None)
 
     def _base(self, symbol):
-        return KRAKEN_LEGACY.get(symbol, symbol)
+        return KRAKEN_LEGACY.get(symbol, self.ticker(symbol))
 
     def market_id(self, symbol):
         base = self._base(symbol)
-        return f"{base}Z{self.spec.quote}" if base != symbol else f"{symbol}{self.spec.quote}"
+        return f"{base}Z{self.spec.quote}" if symbol in KRAKEN_LEGACY else f"{base}{self.spec.quote}"
 
     def routes(self):
         return {"/0/public/AssetPairs": self.asset_pairs, "/0/public/Assets": self.assets,
@@ -300,7 +304,7 @@ class Kraken(Venue):
         result = {}
         for s in self.listed():
             base = self._base(s)
-            result[base] = {"aclass": "currency", "altname": "XBT" if s == "BTC" else s, "decimals": 10,
+            result[base] = {"aclass": "currency", "altname": "XBT" if s == "BTC" else self.ticker(s), "decimals": 10,
                             "display_decimals": 5, "collateral_value": 1.0, "status": "enabled"}
         result["ZUSD"] = {"aclass": "currency", "altname": "USD", "decimals": 4, "display_decimals": 2,
                           "collateral_value": 1.0, "status": "enabled"}
@@ -310,7 +314,7 @@ class Kraken(Venue):
         result = {}
         for s in self.listed():
             base = self._base(s)
-            alt = "XBT" if s == "BTC" else s
+            alt = "XBT" if s == "BTC" else self.ticker(s)
             result[self.market_id(s)] = {
                 "altname": f"{alt}{self.spec.quote}", "wsname": f"{alt}/{self.spec.quote}",
                 "aclass_base": "currency", "base": base, "aclass_quote": "currency",
@@ -353,7 +357,7 @@ class Bybit(Venue):
         return result.get("list") if isinstance(result, dict) else None
 
     def market_id(self, symbol):
-        return f"{symbol}{self.spec.quote}"
+        return f"{self.ticker(symbol)}{self.spec.quote}"
 
     def _ok(self, result):
         return Reply(200, {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": self.now_ms()})
@@ -374,7 +378,7 @@ class Bybit(Venue):
         if category != "spot":
             return self._ok({"category": category, "list": [], "nextPageCursor": ""})
         items = [{
-            "symbol": self.market_id(s), "baseCoin": s, "quoteCoin": self.spec.quote, "innovation": "0",
+            "symbol": self.market_id(s), "baseCoin": self.ticker(s), "quoteCoin": self.spec.quote, "innovation": "0",
             "status": "Trading", "marginTrading": "none", "stTag": "0",
             "lotSizeFilter": {"basePrecision": "0.000001", "quotePrecision": "0.00000001",
                               "minOrderQty": "0.000001", "maxOrderQty": "1000000", "minOrderAmt": "1",
@@ -415,7 +419,7 @@ class Okx(Venue):
         return data if isinstance(data, list) else None
 
     def market_id(self, symbol):
-        return f"{symbol}-{self.spec.quote}"
+        return f"{self.ticker(symbol)}-{self.spec.quote}"
 
     def _ok(self, data):
         return Reply(200, {"code": "0", "msg": "", "data": data})
@@ -432,7 +436,7 @@ class Okx(Venue):
         if query.get("instType", "SPOT") != "SPOT":
             return self._ok([])
         return self._ok([{
-            "instType": "SPOT", "instId": self.market_id(s), "uly": "", "instFamily": "", "baseCcy": s,
+            "instType": "SPOT", "instId": self.market_id(s), "uly": "", "instFamily": "", "baseCcy": self.ticker(s),
             "quoteCcy": self.spec.quote, "settleCcy": "", "ctVal": "", "ctMult": "", "ctValCcy": "",
             "optType": "", "stk": "", "listTime": str(self.config.listed_since(self.name, s)), "expTime": "",
             "lever": "", "tickSz": "0.00001", "lotSz": "0.000001", "minSz": "0.000001", "ctType": "",
