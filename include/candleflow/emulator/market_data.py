@@ -120,7 +120,8 @@ def load_config(path: Path | None = None) -> EmulatorConfig:
     if data_dir:
         data_dir = Path(data_dir)
         if not data_dir.is_absolute():
-            data_dir = (path.parent.parent.parent / data_dir).resolve()
+            # relative to the project root (not to the config folder, which tests may copy elsewhere)
+            data_dir = (Path(__file__).resolve().parents[3] / data_dir).resolve()
     return EmulatorConfig(
         seed=int(raw.get("seed", 0)), exchanges=exchanges, symbols=symbols,
         listing_exceptions=raw.get("listing_exceptions") or {}, renames=raw.get("renames") or {}, real_data=raw.get("real_data") or [],
