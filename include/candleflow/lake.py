@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +41,7 @@ OHLCV_SCHEMA = pa.schema([
     pa.field("market", pa.string()),   # the exchange's market symbol, e.g. BTC/USDT or BTC/USD
 ])
 PARTITION_KEYS = ("exchange", "symbol", "timeframe", "date")
+PUT_CONCURRENCY = 8
 STAGING_PREFIX = "_staging"
 QUARANTINE_PREFIX = "quarantine"
 _STAMP = "%Y%m%dT%H%M%SZ"
@@ -107,18 +109,38 @@ def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol
     if outside.any():
         raise ValueError(f"candles: {int(outside.sum())} candle(s) outside the window "
                          f"{window_start.isoformat()} → {window_end.isoformat()}")
-    written = []
+    # Sort once, convert once, then slice each date by binary search (not a full mask per date).
+    table = to_table(candles, market)
+    times = table.column("ts").to_numpy().astype("datetime64[ms]").astype("int64")
+    jobs = []
     for day, lo, hi in _days(window_start, window_end):
         key = (partition_prefix(prefix, exchange, symbol, timeframe, day.strftime("%Y-%m-%d"))
                + f"part-{_stamp(lo)}_{_stamp(hi)}.parquet")
-        part = candles[(ts >= lo) & (ts < hi)]
-        if part.empty:
+        a, b = np.searchsorted(times, [_ms(lo), _ms(hi)])
+        jobs.append((key, table.slice(int(a), int(b - a))))
+
+    def write_one(job) -> WrittenObject | None:
+        key, part = job
+        if part.num_rows == 0:
             _delete_if_exists(s3, bucket, key)  # a re-run that found nothing leaves nothing behind
-            continue
-        body = to_parquet_bytes(to_table(part, market))
+            return None
+        body = to_parquet_bytes(part)
         _put(s3, bucket, key, body)
-        written.append(WrittenObject(key=key, rows=len(part), bytes=len(body)))
-    return written
+        return WrittenObject(key=key, rows=part.num_rows, bytes=len(body))
+
+    if len(jobs) == 1:
+        results = [write_one(jobs[0])]
+    else:
+        # S3 PUTs are latency-bound: a few in flight (boto3 clients are thread-safe)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=PUT_CONCURRENCY) as pool:
+            results = list(pool.map(write_one, jobs))
+    return [r for r in results if r is not None]
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
 
 
 # -- staging: the batch between collect and publish ------------------------------------------
