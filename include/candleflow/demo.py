@@ -22,7 +22,7 @@ from pathlib import Path
 from candleflow.config import load_pipeline, load_universe
 from candleflow.stack import REPO_ROOT, LocalStack
 
-DEMO_DAGS = ("ohlcv_backfill", "train_models", "ohlcv_ingest_1h")
+DEMO_DAGS = ("ohlcv_backfill", "train_models", "ohlcv_ingest")
 FINISHED = {"success", "failed"}
 
 

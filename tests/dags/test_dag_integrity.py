@@ -59,7 +59,7 @@ def test_no_import_errors(dag_bag):
 
 
 def test_expected_dags_present(dag_bag):
-    assert {"ohlcv_ingest_1m", "ohlcv_ingest_5m", "ohlcv_ingest_15m", "ohlcv_ingest_1h", "ohlcv_backfill",
+    assert {"ohlcv_ingest_1m", "ohlcv_ingest_5m", "ohlcv_ingest_15m", "ohlcv_ingest", "ohlcv_backfill",
             "train_models"} <= set(dag_bag.dag_ids)
 
 
@@ -112,7 +112,7 @@ def test_interval_dags_use_data_interval_timetable(dag_bag):
     from croniter import croniter
 
     for timeframe, minutes in (("1m", 1), ("5m", 5), ("15m", 15), ("1h", 60)):
-        dag = dag_bag.get_dag(f"ohlcv_ingest_{timeframe}")
+        dag = dag_bag.get_dag("ohlcv_ingest" if timeframe == "1h" else f"ohlcv_ingest_{timeframe}")
         assert type(dag.timetable).__name__ == CronDataIntervalTimetable.__name__, timeframe
         # the schedule's period is the timeframe: one interval of candles per run
         runs = croniter(dag.timetable.expression, datetime(2024, 10, 29, 22, tzinfo=UTC))

@@ -8,7 +8,7 @@ One module-scoped scenario, in the order a user meets it:
    verdict fails and so does the run; the gap ledger explains the quarantined days.
 2. The same backfill again with `force`: the lake's objects and bytes are identical. Without
    `force`, only the quarantined pair is fetched again (complete chunks are skipped).
-3. `ohlcv_ingest_1h` for one hourly interval: one more object per pair.
+3. `ohlcv_ingest` for one hourly interval: one more object per pair; run again, identical lake.
 4. `train_models` (local backend): one registered model per symbol, alias champion.
 5. `train_models` with the SageMaker backend for BTC: a real CreateTrainingJob on moto, the
    submitted job executed by the local runner, version 2 registered, champion unchanged.
@@ -158,15 +158,20 @@ def test_the_gap_ledger_and_coverage_report_explain_the_quarantined_pair(backfil
 def test_hourly_ingest_run_writes_its_interval(backfill, lake):
     from candleflow import lake as lake_mod
 
-    run = _get_dag("ohlcv_ingest_1h").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
+    run = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
     assert run.state == "success", _task_states(run)
     start, end = run.data_interval_start, run.data_interval_end
     assert (end - start).total_seconds() == 3600
     frame = lake_mod.read(*lake, timeframe="1h", start=start, end=end)
     assert len(frame) == 15 and set(frame["ts"]) == {start}
     tag = start.strftime("%Y%m%dT%H%M%SZ")
-    hourly = [k for k in lake_mod.list_objects(*lake, prefix="ohlcv/") if f"part-{tag}_" in k]
+    objects = lake_mod.list_objects(*lake, prefix="ohlcv/")
+    hourly = [k for k in objects if f"part-{tag}_" in k]
     assert len(hourly) == 15
+    # re-running the same ingest run leaves the same set of objects with the same bytes
+    again = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
+    assert again.state == "success"
+    assert lake_mod.list_objects(*lake, prefix="ohlcv/") == objects
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """
-### ohlcv_ingest_1h — 1h OHLCV candles from every exchange into the S3 lake, every hour
+### ohlcv_ingest — 1h OHLCV candles from every exchange into the S3 lake, every hour
 
 Each run collects exactly its **data interval** (the previous hour) of 1h candles, and the interval before
 it again (late candles), for every symbol of `include/config/universe.yaml` on every exchange —
@@ -11,7 +11,10 @@ per interval: re-running a run replaces its objects. Every gap is recorded with 
 gap ledger (`coverage/`), and the coverage heatmap is rebuilt at
 `reports/coverage/timeframe=1h/coverage.html` in the lake bucket.
 
-**Backfill** from the UI (Dag → Backfill, or `airflow backfill create --dag-id ohlcv_ingest_1h
+(The hourly 1h DAG keeps the plain name; the other timeframes are `ohlcv_ingest_1m`, `_5m`,
+`_15m`.)
+
+**Backfill** from the UI (Dag → Backfill, or `airflow backfill create --dag-id ohlcv_ingest
 --from-date … --to-date …`) runs one interval per run; for long ranges use `ohlcv_backfill`,
 which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv_1h` asset, which
 triggers `train_models`.
@@ -26,7 +29,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_interval
 
 
 @dag(
-    dag_id="ohlcv_ingest_1h",
+    dag_id="ohlcv_ingest",
     # Interval timetable: tasks read data_interval_start/end (a trigger timetable makes them equal).
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
     start_date=datetime(2017, 1, 1, tzinfo=UTC),
@@ -36,8 +39,8 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_interval
     doc_md=__doc__,
     tags=["candleflow", "ingest", "ohlcv", "1h"],
 )
-def ohlcv_ingest_1h():
+def ohlcv_ingest():
     ohlcv_ingest_graph(plan_interval(timeframe="1h"), timeframes=("1h",))
 
 
-ohlcv_ingest_1h()
+ohlcv_ingest()
