@@ -181,7 +181,8 @@ candleflow is up ({time.monotonic() - started:.0f} s).
   Airflow UI     {stack.airflow_url}   login admin / admin
                  runs: ohlcv_backfill {ingest['state']}, train_models {train['state']}
   Lake           s3://{cfg.lake.bucket}/ohlcv/  ({objects} objects, {size / 1e6:.1f} MB) on {stack.s3_endpoint}
-                 quarantine: s3://{cfg.lake.bucket}/quarantine/
+                 quarantine: s3://{cfg.lake.bucket}/quarantine/   gap ledger: s3://{cfg.lake.bucket}/coverage/
+  Coverage       {stack.airflow_url}/candleflow/coverage/{cfg.demo_timeframe}   (UI: Browse → OHLCV coverage)
   MLflow         {stack.mlflow_url}
   Models         {(chr(10) + '                 ').join(models) or '(none registered)'}
   Emulator       {stack.emulator_url}   (clock replaying from {clock})
