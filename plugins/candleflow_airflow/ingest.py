@@ -102,7 +102,11 @@ def ingest(request: dict) -> dict:
         # The other symbols landed; fail so Airflow retries (a retry re-fetches idempotently).
         details = "; ".join(f"{c.symbol} {c.start} → {c.end}: {c.detail}" for c in failed[:5])
         raise RuntimeError(f"{exchange}: {len(failed)} chunk(s) failed after retries: {details}")
-    return report.to_json()
+    summary = report.to_json()
+    for chunk_outcome in summary["chunks"]:
+        # XCom carries counts, not the object keys (years of daily objects would bloat the metadata DB)
+        chunk_outcome["objects"] = len(chunk_outcome.pop("keys"))
+    return summary
 
 
 @task
