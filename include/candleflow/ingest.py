@@ -97,20 +97,28 @@ def _chunk_complete(entries: list[coverage.LedgerEntry], lo: datetime, hi: datet
 
 
 def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names, page_size, cfg) -> int | None:
-    """The pair's first candle (cached in the lake), so a backfill spends no request before it."""
+    """The pair's first candle (cached in the lake), so a backfill spends no request before it.
+    None when unknown: the chunks are then fetched from their start, as without discovery."""
+    import ccxt
+
     from candleflow import listing
     from candleflow.collect import _with_retries, exchange_now, resolve_market
 
     if exchange == "kraken":
         return None
     counter = [0]
-    _with_retries(client.load_markets, f"{exchange} load_markets", cfg, counter)
-    market, _ = resolve_market(client, symbol, quotes, names)
-    if market is None:
+    try:
+        _with_retries(client.load_markets, f"{exchange} load_markets", cfg, counter)
+        market, _ = resolve_market(client, symbol, quotes, names)
+        if market is None:
+            return None
+        return listing.first_candle(s3, bucket, client, exchange, symbol, market, timeframe, page_size=page_size,
+                                    now_ms=exchange_now(client, cfg, counter),
+                                    retry=lambda call, what: _with_retries(call, what, cfg, counter))
+    except ccxt.BaseError as exc:  # the chunks will meet (and record) the same error, if it persists
+        log.warning("%s %s: listing date unknown (%s: %s); fetching from the window's start",
+                    exchange, symbol, type(exc).__name__, str(exc)[:200])
         return None
-    now_ms = exchange_now(client, cfg, counter)
-    return listing.first_candle(s3, bucket, client, exchange, symbol, market, timeframe, page_size=page_size,
-                                now_ms=now_ms)
 
 
 class _Progress:

@@ -49,9 +49,10 @@ def write_cached(s3, bucket: str, exchange: str, symbol: str, timeframe: str, ma
 
 
 def discover_first_candle(client, market: str, timeframe: str, *, page_size: int, now_ms: int,
-                          fetch=None) -> tuple[int | None, str]:
+                          fetch=None, retry=None) -> tuple[int | None, str]:
     """(first candle ms or None, how it was found). `fetch(since, until)` returns a page; by default
-    ccxt's fetch_ohlcv bounded by `until`."""
+    ccxt's fetch_ohlcv bounded by `until`, each call through `retry(call, what)` if given."""
+    retry = retry or (lambda call, what: call())
     tf_ms = TIMEFRAME_MS[timeframe]
     created = (client.markets.get(market) or {}).get("created")
     if created:
@@ -61,11 +62,13 @@ def discover_first_candle(client, market: str, timeframe: str, *, page_size: int
 
     def default_fetch(since: int, until: int):
         params = {"until": until} if client.id != "kraken" else {}
-        return client.fetch_ohlcv(market, timeframe, since=since, limit=page_size, params=params)
+        return retry(lambda: client.fetch_ohlcv(market, timeframe, since=since, limit=page_size, params=params),
+                     f"{client.id} {market} listing search at {client.iso8601(since)}")
 
     fetch = fetch or default_fetch
     if client.id == "binance":
-        page = client.fetch_ohlcv(market, timeframe, since=0, limit=1)
+        page = retry(lambda: client.fetch_ohlcv(market, timeframe, since=0, limit=1),
+                     f"binance {market} first kline")
         return (int(page[0][0]), "binance klines from startTime=0") if page else (None, "binance has no klines")
     span = page_size * tf_ms
     lo, hi = SEARCH_FROM_MS // span, now_ms // span  # in page units: is there a candle in page k?
@@ -84,12 +87,13 @@ def discover_first_candle(client, market: str, timeframe: str, *, page_size: int
 
 
 def first_candle(s3, bucket: str, client, exchange: str, symbol: str, market: str, timeframe: str, *,
-                 page_size: int, now_ms: int) -> int | None:
+                 page_size: int, now_ms: int, retry=None) -> int | None:
     """The pair's first candle (ms), from the lake's cache or discovered once and cached."""
     cached = read_cached(s3, bucket, exchange, symbol, timeframe)
     if cached is not None:
         return cached
-    first, source = discover_first_candle(client, market, timeframe, page_size=page_size, now_ms=now_ms)
+    first, source = discover_first_candle(client, market, timeframe, page_size=page_size, now_ms=now_ms,
+                                          retry=retry)
     if first is not None:
         write_cached(s3, bucket, exchange, symbol, timeframe, market, first, source)
         log.info("%s %s (%s) %s: first candle %s (%s)", exchange, symbol, market, timeframe,
