@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,10 @@ class QualityReport:
 
 
 _CONTEXT = None
+# GX's ephemeral context, its data asset and batch definition are shared objects: two threads
+# validating at once would validate each other's dataframes. Tasks are processes, but benchmarks
+# and tests run collectors in threads, so validations are serialised (GX holds the GIL anyway).
+_GX_LOCK = threading.RLock()
 
 
 def _gx():
@@ -154,6 +159,11 @@ def validate_ohlcv(candles: pd.DataFrame, timeframe: str, *, context_label: str 
     """Run the suite on one batch; never raises on bad data (the report says what failed)."""
     timeframe = parse_timeframe(timeframe, "timeframe")
     frame = _derived(candles, timeframe)
+    with _GX_LOCK:
+        return _validate(frame, timeframe, context_label)
+
+
+def _validate(frame, timeframe: str, context_label: str) -> QualityReport:
     _, context = _gx()
     name = f"ohlcv_{timeframe}"
     try:

@@ -94,3 +94,16 @@ def test_the_command_names_a_bad_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "candleflow.quality", "check", str(path), "--timeframe", "1h"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "time column" in result.stderr
+
+
+def test_concurrent_validations_judge_their_own_batch():
+    # GX's context is shared: without serialising, threads validated each other's dataframes
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = candles()
+    bad = candles()
+    bad.loc[5, ["high", "low"]] = bad.loc[5, ["low", "high"]].to_numpy()
+    jobs = [good, bad] * 6
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda frame: validate_ohlcv(frame, "1h").success, jobs))
+    assert results == [True, False] * 6
