@@ -96,6 +96,20 @@ def _chunk_complete(entries: list[coverage.LedgerEntry], lo: datetime, hi: datet
     return True
 
 
+def _keep_unserved(s3, lake_cfg: LakeConfig, exchange: str, symbol: str, timeframe: str, lo: datetime,
+                   served_from_ms: int, fetched):
+    """The fetched candles plus those the lake already holds from before the exchange's horizon."""
+    import pandas as pd
+
+    held = lake.read(s3, lake_cfg.bucket, lake_cfg.ohlcv_prefix, exchange=exchange, symbol=symbol,
+                     timeframe=timeframe, start=lo, end=datetime.fromtimestamp(served_from_ms / 1000, UTC))
+    if held.empty:
+        return fetched
+    held = held[list(fetched.columns)]
+    merged = pd.concat([held, fetched], ignore_index=True)
+    return merged.drop_duplicates("ts", keep="last").sort_values("ts").reset_index(drop=True)
+
+
 def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names, page_size, cfg) -> int | None:
     """The pair's first candle (cached in the lake), so a backfill spends no request before it.
     None when unknown: the chunks are then fetched from their start, as without discovery."""
@@ -219,6 +233,11 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
                                                       detail=result.skipped_reason))
                     progress.step(f"{symbol} not listed")
                 break
+            if result.served_from_ms is not None and result.served_from_ms > int(lo.timestamp() * 1000):
+                # kraken's window rolls forward: candles an earlier run fetched before its horizon
+                # are no longer served. Keep them, or a re-run would delete history from the lake.
+                result.candles = _keep_unserved(s3, lake_cfg, exchange, symbol, timeframe, lo,
+                                                result.served_from_ms, result.candles)
             label = f"{exchange} {result.market} {timeframe} {lo.isoformat()} → {hi.isoformat()}"
             checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label)
             reasons = []

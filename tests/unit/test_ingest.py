@@ -112,3 +112,19 @@ def test_binance_whole_past_months_come_from_the_checksummed_archive(emulator, s
     assert klines == 1 + 3
     frame = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h")
     assert len(frame) == report.rows and frame["ts"].is_unique
+
+
+def test_kraken_history_fetched_earlier_survives_its_rolling_window(s3_client, bucket):
+    # kraken serves its 720 most recent candles: an hour later, the oldest 5m candles of the first
+    # fetch are no longer served. A re-run must not delete them from the lake.
+    start, end = datetime(2024, 10, 27, 12, tzinfo=UTC), datetime(2024, 10, 28, tzinfo=UTC)
+    lake_cfg = LakeConfig(bucket=bucket, aws_conn_id="unused")
+    counts = []
+    for clock in ("2024-10-30T02:00:00Z", "2024-10-30T03:00:00Z"):
+        with EmulatorServer(clock=clock, enforce_limits=False) as server:
+            report = ingest_exchange(s3_client, lake_cfg, exchange="kraken", symbols=["BTC"], timeframe="5m",
+                                     start=start, end=end, quotes=["USD"], page_size=720, mode="emulator",
+                                     emulator_url=server.url, collect_cfg=FAST, force=True)
+        assert report.chunks[0].status == "published"
+        counts.append(len(lake.read(s3_client, bucket, exchange="kraken", symbol="BTC", timeframe="5m")))
+    assert counts[0] < 144 and counts[1] == counts[0]  # the second run served 12 fewer old candles
