@@ -159,15 +159,9 @@ def write_entries(s3, bucket: str, entries: list[LedgerEntry], prefix: str = COV
 
 def read_entries(s3, bucket: str, *, exchange: str | None = None, symbol: str | None = None,
                  timeframe: str | None = None, prefix: str = COVERAGE_PREFIX) -> list[LedgerEntry]:
-    from candleflow.lake import list_objects
+    from candleflow.lake import list_objects, listing_prefix
 
-    listing = f"{prefix}/"
-    if exchange:
-        listing += f"exchange={exchange}/"
-        if symbol:
-            listing += f"symbol={symbol}/"
-            if timeframe:
-                listing += f"timeframe={timeframe}/"
+    listing = listing_prefix(prefix, exchange=exchange, symbol=symbol, timeframe=timeframe)
     entries = []
     for key in sorted(list_objects(s3, bucket, listing)):
         if not key.endswith(".json") or (timeframe and f"/timeframe={timeframe}/" not in key) \

@@ -66,13 +66,7 @@ def partition_prefix(prefix: str, exchange: str, symbol: str, timeframe: str, da
 
 def to_table(candles: pd.DataFrame, market: str | None) -> pa.Table:
     """Candles as an Arrow table of exactly OHLCV_SCHEMA, sorted by ts (bytes depend only on data)."""
-    frame = candles.sort_values("ts", kind="stable").reset_index(drop=True)
-    arrays = [
-        pa.array(pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ms, UTC]"), type=OHLCV_SCHEMA.field("ts").type),
-        *(pa.array(frame[c].astype("float64"), type=pa.float64()) for c in ("open", "high", "low", "close", "volume")),
-        pa.array([market] * len(frame), type=pa.string()),
-    ]
-    return pa.Table.from_arrays(arrays, schema=OHLCV_SCHEMA)
+    return _raw_table(candles.sort_values("ts", kind="stable").reset_index(drop=True), market)
 
 
 def to_parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
@@ -156,7 +150,8 @@ def write_staged(s3, bucket: str, key: str, candles: pd.DataFrame, market: str |
 
 
 def _raw_table(frame: pd.DataFrame, market: str | None) -> pa.Table:
-    # Unlike to_table, keep the exchange's row order: order is one of the things quality judges.
+    """Candles as OHLCV_SCHEMA in the given row order (staging and quarantine keep the exchange's
+    order: it is one of the things quality judges; to_table sorts first)."""
     arrays = [
         pa.array(pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ms, UTC]"), type=OHLCV_SCHEMA.field("ts").type),
         *(pa.array(frame[c].astype("float64"), type=pa.float64()) for c in ("open", "high", "low", "close", "volume")),
@@ -200,6 +195,18 @@ def list_objects(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]
     return out
 
 
+def listing_prefix(table: str, *, exchange: str | None = None, symbol: str | None = None,
+                   timeframe: str | None = None) -> str:
+    """The narrowest key prefix the Hive partitions allow for these filters (exchange, then
+    symbol, then timeframe: a later level only narrows when the earlier ones are given)."""
+    prefix = f"{table}/"
+    for name, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
+        if not value:
+            break
+        prefix += f"{name}={value}/"
+    return prefix
+
+
 def _partition_values(key: str) -> dict[str, str]:
     return {m["name"]: m["value"] for m in _KEY_RE.finditer(key)}
 
@@ -211,17 +218,11 @@ def read_with_sources(s3, bucket: str, table: str = "ohlcv", *, exchange: str | 
 
     Partitions are pruned by key (exchange/symbol/timeframe/date) before any object is read.
     """
-    listing_prefix = f"{table}/"
-    if exchange:
-        listing_prefix += f"exchange={exchange}/"
-        if symbol:
-            listing_prefix += f"symbol={symbol}/"
-            if timeframe:
-                listing_prefix += f"timeframe={timeframe}/"
+    listing = listing_prefix(table, exchange=exchange, symbol=symbol, timeframe=timeframe)
     first_day = start.astimezone(UTC).strftime("%Y-%m-%d") if start else None
     last_day = (end - timedelta(milliseconds=1)).astimezone(UTC).strftime("%Y-%m-%d") if end else None
     keys = []
-    for key in sorted(list_objects(s3, bucket, listing_prefix)):
+    for key in sorted(list_objects(s3, bucket, listing)):
         values = _partition_values(key)
         if not key.endswith(".parquet") or set(PARTITION_KEYS) - set(values):
             continue
