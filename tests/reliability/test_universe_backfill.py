@@ -45,7 +45,9 @@ def backfill(emulator, s3, bucket, *, force=False, timeframes=TIMEFRAMES):
         return [r for reports in pool.map(one_exchange, universe.exchanges) for r in reports]
 
 
-def test_the_whole_universe_backfills_complete_and_explained(emulator, s3_client, bucket):
+def test_the_whole_universe_backfills_complete_and_explained(emulator, s3_client, bucket, monkeypatch):
+    # the shipped 30-symbol universe, not the demo copy the end-to-end fixtures point the session at
+    monkeypatch.delenv("CANDLEFLOW_CONFIG_DIR", raising=False)
     universe = load_universe()
     assert len(universe.symbols) == 30 and len(universe.exchanges) == 5 and len(TIMEFRAMES) == 4
     started = time.monotonic()
