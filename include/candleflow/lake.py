@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 OHLCV_SCHEMA = pa.schema([
@@ -185,6 +186,189 @@ def quarantine_batch(s3, bucket: str, candles: pd.DataFrame, report: dict, *, ex
     return base + "candles.parquet"
 
 
+# -- tables: one fixed schema per table, generic partition writer and reader ----------------------
+@dataclass(frozen=True)
+class TableSpec:
+    """A lake table: its fixed data schema (partition columns live in the key, not the file), its
+    Hive partition keys in key order, the key that makes a row unique within a partition (readers
+    also deduplicate on partition keys + unique keys across objects) and its sort order."""
+
+    name: str
+    schema: pa.Schema
+    partition_keys: tuple[str, ...]
+    unique_keys: tuple[str, ...]
+    sort_keys: tuple[str, ...] = ("ts",)
+
+
+OHLCV = TableSpec("ohlcv", OHLCV_SCHEMA, PARTITION_KEYS, ("ts",), ("ts",))
+# Each table's schema is defined by the module that owns the table (one concept, one module); the
+# lake finds it here by name, imported only when that table is used.
+TABLE_OWNERS = {
+    "ohlcv": __name__,
+    "funding": "candleflow.derivatives",
+    "open_interest": "candleflow.derivatives",
+    "quality": "candleflow.quality",
+    "features": "candleflow.features",
+}
+TIME_PARTITIONS = {"date": "%Y-%m-%d", "month": "%Y-%m"}
+TABLE_SPECS = {"ohlcv": OHLCV}
+
+
+def table_spec(table: str | TableSpec) -> TableSpec:
+    if isinstance(table, TableSpec):
+        return table
+    owner = TABLE_OWNERS.get(table)
+    if owner is None:
+        raise KeyError(f"table {table!r}: unknown lake table; known tables: {', '.join(sorted(TABLE_OWNERS))}")
+    import importlib
+
+    specs = getattr(importlib.import_module(owner), "TABLE_SPECS", {})
+    if table not in specs:
+        raise KeyError(f"table {table!r}: {owner}.TABLE_SPECS does not define it")
+    return specs[table]
+
+
+def _check_partition(spec: TableSpec, partition: dict[str, str]) -> None:
+    if set(partition) != set(spec.partition_keys):
+        raise ValueError(f"partition {partition!r}: table {spec.name} is partitioned by "
+                         f"{', '.join(spec.partition_keys)} (give exactly those keys)")
+    for name, value in partition.items():
+        text = str(value)
+        if not text or "/" in text or "=" in text:
+            raise ValueError(f"partition value {name}={text!r}: must be non-empty, without '/' or '='")
+
+
+def partition_path(spec: TableSpec, partition: dict[str, str]) -> str:
+    _check_partition(spec, partition)
+    return spec.name + "/" + "".join(f"{k}={partition[k]}/" for k in spec.partition_keys)
+
+
+def conform(spec: TableSpec, frame: pd.DataFrame | pa.Table) -> pa.Table:
+    """The frame as exactly spec.schema (column order, types); partition columns are dropped.
+
+    Raises ValueError naming the column that is missing, unexpected or cannot be cast."""
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.drop([c for c in spec.partition_keys if c in table.column_names])
+    missing = [f.name for f in spec.schema if f.name not in table.column_names]
+    extra = [c for c in table.column_names if c not in spec.schema.names]
+    if missing or extra:
+        raise ValueError(f"table {spec.name}: "
+                         + (f"missing column(s) {missing} " if missing else "")
+                         + (f"unexpected column(s) {extra} " if extra else "")
+                         + f"(schema: {', '.join(spec.schema.names)}; a new column needs a schema change, docs/lake.md)")
+    if table.num_rows == 0:
+        return spec.schema.empty_table()  # an empty column's inferred type says nothing
+    arrays = []
+    for field in spec.schema:
+        column = table.column(field.name)
+        try:
+            if pa.types.is_timestamp(field.type) and pa.types.is_integer(column.type):
+                column = column.cast(pa.int64()).cast(pa.timestamp("ms")).cast(field.type)
+            arrays.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise ValueError(f"table {spec.name}: column {field.name!r} ({column.type}) cannot be "
+                             f"stored as {field.type}: {err}") from err
+        if not field.nullable and arrays[-1].null_count:
+            raise ValueError(f"table {spec.name}: column {field.name!r} has {arrays[-1].null_count} null(s); "
+                             "it is declared not-null")
+    return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+
+def _dedup_sorted(table: pa.Table, unique_keys: tuple[str, ...], sort_keys: tuple[str, ...]) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    frame_keys = table.select(list(unique_keys)).to_pandas() if unique_keys else None
+    if frame_keys is not None:
+        keep = ~frame_keys.duplicated(keep="last").to_numpy()
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+    if sort_keys:
+        table = table.take(pa.compute.sort_indices(table, sort_keys=[(k, "ascending") for k in sort_keys]))
+    return table
+
+
+def write_partition(s3, bucket: str, spec: TableSpec | str, frame: pd.DataFrame | pa.Table, *,
+                    partition: dict[str, str], object_name: str = "part-00000.parquet",
+                    metadata: dict[str, str] | None = None) -> WrittenObject | None:
+    """Write one object of a table: conformed to its schema, deduplicated (last row wins), sorted,
+    deterministic bytes, one PUT at a key that is a pure function of the partition and the name.
+    An empty frame deletes that object, so a re-run that found nothing leaves nothing behind."""
+    spec = table_spec(spec)
+    if "/" in object_name or not object_name.endswith(".parquet"):
+        raise ValueError(f"object_name {object_name!r}: a plain file name ending in .parquet")
+    key = partition_path(spec, partition) + object_name
+    table = _dedup_sorted(conform(spec, frame), spec.unique_keys, spec.sort_keys)
+    if table.num_rows == 0:
+        _delete_if_exists(s3, bucket, key)
+        return None
+    body = to_parquet_bytes(table, metadata)
+    _put(s3, bucket, key, body)
+    return WrittenObject(key=key, rows=table.num_rows, bytes=len(body))
+
+
+def _time_bounds(start: datetime | None, end: datetime | None, fmt: str) -> tuple[str | None, str | None]:
+    first = start.astimezone(UTC).strftime(fmt) if start else None
+    last = (end - timedelta(milliseconds=1)).astimezone(UTC).strftime(fmt) if end else None
+    return first, last
+
+
+def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | None = None,
+               end: datetime | None = None, as_arrow: bool = False,
+               **filters: str) -> tuple[pd.DataFrame | pa.Table, list[str]]:
+    """Rows of a table matching partition filters and [start, end) on `ts`, with the keys they came
+    from. Partitions are pruned by key before any object is read (filters in key order narrow the
+    listing; time partitions by start/end)."""
+    spec = table_spec(table)
+    unknown = set(filters) - set(spec.partition_keys)
+    if unknown:
+        raise ValueError(f"filter(s) {sorted(unknown)}: table {spec.name} is partitioned by "
+                         f"{', '.join(spec.partition_keys)}")
+    prefix = f"{spec.name}/"
+    for name in spec.partition_keys:
+        if not filters.get(name):
+            break
+        prefix += f"{name}={filters[name]}/"
+    pattern = re.compile("".join(f"{k}=(?P<{k}>[^/]+)/" for k in spec.partition_keys) + r"[^/]+\.parquet$")
+    pieces, used = [], []
+    for key in sorted(list_objects(s3, bucket, prefix)):
+        match = pattern.search(key[len(spec.name) + 1:])
+        if not match or not key.startswith(spec.name + "/"):
+            continue
+        values = match.groupdict()
+        if any(filters.get(k) and values[k] != str(filters[k]) for k in spec.partition_keys):
+            continue
+        skip = False
+        for name, fmt in TIME_PARTITIONS.items():
+            if name in values:
+                first, last = _time_bounds(start, end, fmt)
+                if (first and values[name] < first) or (last and values[name] > last):
+                    skip = True
+        if skip:
+            continue
+        part = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        if "ts" in part.column_names and (start is not None or end is not None):
+            ts = part.column("ts")
+            mask = None
+            if start is not None:
+                mask = pa.compute.greater_equal(ts, pa.scalar(start, type=ts.type))
+            if end is not None:
+                upper = pa.compute.less(ts, pa.scalar(end, type=ts.type))
+                mask = upper if mask is None else pa.compute.and_(mask, upper)
+            part = part.filter(mask)
+        if part.num_rows == 0:
+            continue
+        for name in reversed(spec.partition_keys):
+            part = part.add_column(0, name, pa.array([values[name]] * part.num_rows, type=pa.string()))
+        pieces.append(part)
+        used.append(key)
+    schema = pa.schema([pa.field(k, pa.string()) for k in spec.partition_keys] + list(spec.schema))
+    out = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+    # keys were read in sorted order: the later-named object wins a duplicate (e.g. a compacted
+    # day and a late hourly part)
+    out = _dedup_sorted(out, (*spec.partition_keys, *spec.unique_keys), (*spec.partition_keys, *spec.sort_keys))
+    return (out if as_arrow else out.to_pandas()), used
+
+
 # -- reading ------------------------------------------------------------------------------------
 def list_objects(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
     """{key: (size, etag)} under a prefix: what a re-run must leave unchanged."""
@@ -260,6 +444,8 @@ def read_with_sources(s3, bucket: str, table: str = "ohlcv", *, exchange: str | 
     return frame, used
 
 
-def read(s3, bucket: str, table: str = "ohlcv", **filters) -> pd.DataFrame:
-    """`read_with_sources` without the keys: a deduplicated, sorted pandas frame."""
-    return read_with_sources(s3, bucket, table, **filters)[0]
+def read(s3, bucket: str, table: str = "ohlcv", *, as_arrow: bool = False, **filters):
+    """A table's rows matching the filters: deduplicated, sorted, pandas (or Arrow with as_arrow)."""
+    if table == "ohlcv" and not as_arrow:
+        return read_with_sources(s3, bucket, table, **filters)[0]
+    return read_table(s3, bucket, table, as_arrow=as_arrow, **filters)[0]
