@@ -93,8 +93,8 @@ def airflow_db():
 
 
 @pytest.fixture(scope="session")
-def pipeline_env(local_stack, moto_server, emulator_server, mlflow_server):
-    """Point pipeline code (DAG tasks run in-process by dag.test) at the session's stand-ins."""
+def _pipeline_settings(local_stack, moto_server, emulator_server, mlflow_server):
+    """The stand-ins' environment plus a demo-universe copy of include/config (made once)."""
     # The end-to-end runs use the demo universe (BTC, ETH, SOL): a copy of include/config with
     # universe.yaml narrowed to it, so a scheduled run plans 15 pairs, not 150. ccxt's throttle
     # stays on: the emulator enforces each exchange's published limits.
@@ -109,7 +109,15 @@ def pipeline_env(local_stack, moto_server, emulator_server, mlflow_server):
     universe["symbols"] = demo
     universe["aliases"] = {k: v for k, v in (universe.get("aliases") or {}).items() if k in demo}
     (config / "universe.yaml").write_text(yaml.safe_dump(universe))
-    env = {**local_stack.pipeline_env(), "CANDLEFLOW_CONFIG_DIR": str(config)}
+    return {**local_stack.pipeline_env(), "CANDLEFLOW_CONFIG_DIR": str(config)}
+
+
+@pytest.fixture(scope="module")
+def pipeline_env(_pipeline_settings):
+    """Point pipeline code (DAG tasks run in-process by dag.test) at the session's stand-ins, for
+    one test module: the environment is restored after it, so a later module reading the shipped
+    config (e.g. the whole-universe backfill) is not silently narrowed to the demo universe."""
+    env = _pipeline_settings
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
