@@ -1,6 +1,7 @@
 """The emulator's HTTP server: one port, every exchange under its own path prefix
 (`/binance/api/v3/klines`, `/kraken/0/public/OHLC`, …), binance's public data archive under
-`/binance-archive/data/spot/...` (see `archive`), plus an admin API under `/__admin/`:
+`/binance-archive/data/spot/...` (see `archive`), alternative.me's Fear & Greed index under
+`/alternative.me/fng/` (see `feargreed`), plus an admin API under `/__admin/`:
 
     GET    /__admin/health             {"status": "ok", "now": <ms>, "exchanges": [...]}
     GET    /__admin/clock              the emulated "now"
@@ -55,6 +56,8 @@ import numpy as np
 
 from candleflow.emulator.archive import PREFIX as ARCHIVE_PREFIX
 from candleflow.emulator.archive import BinanceArchive
+from candleflow.emulator.feargreed import PATH as FEAR_GREED_PATH
+from candleflow.emulator.feargreed import FearGreedIndex
 from candleflow.emulator.limits import RateLimits
 from candleflow.emulator.market_data import CandleSource, EmulatorConfig, load_config
 from candleflow.emulator.venues import VENUES, BadRequest, Reply
@@ -295,6 +298,7 @@ class EmulatorServer:
         self.limits = RateLimits(self.config.rate_limits, self.clock.now_ms, enforce=enforce_limits)
         self.archive = (BinanceArchive(self.venues["binance"], self.faults, self.clock.now_ms, self.config.archive)
                         if "binance" in self.venues else None)
+        self.fear_greed = FearGreedIndex(self.clock.now_ms)   # alternative.me's /fng/ (not an exchange)
         self.stats: Counter[str] = Counter()
         self.outcomes: dict[str, Counter[str]] = {name: Counter() for name in self.venues}
         self._stats_lock = threading.Lock()
@@ -336,6 +340,9 @@ class EmulatorServer:
     def dispatch(self, method: str, path: str, query: dict, body: bytes) -> Reply:
         if path.startswith("/__admin/"):
             return self._admin(method, path[len("/__admin/"):], body)
+        if path.rstrip("/") == FEAR_GREED_PATH:
+            self.count("fear_greed")
+            return self.fear_greed.serve(method, query)
         if self.archive is not None and path.startswith(ARCHIVE_PREFIX + "/"):
             self.count("binance-archive")
             return self.archive.serve(method, path)
