@@ -86,6 +86,7 @@ class EmulatorConfig:
     real_data_dir: Path | None = None
     rate_limits: dict[str, dict] = field(default_factory=dict)
     archive: dict = field(default_factory=dict)
+    derivatives: dict = field(default_factory=dict)  # the perpetuals' world (`derivatives:` in emulator.yaml)
 
     def listed_since(self, exchange: str, symbol: str) -> int | None:
         """First candle (ms) of `symbol` on `exchange`, or None if the exchange does not list it."""
@@ -126,6 +127,7 @@ def load_config(path: Path | None = None) -> EmulatorConfig:
         seed=int(raw.get("seed", 0)), exchanges=exchanges, symbols=symbols,
         listing_exceptions=raw.get("listing_exceptions") or {}, renames=raw.get("renames") or {}, real_data=raw.get("real_data") or [],
         real_data_dir=data_dir, rate_limits=raw.get("rate_limits") or {}, archive=raw.get("archive") or {},
+        derivatives=raw.get("derivatives") or {},
     )
 
 
@@ -178,6 +180,12 @@ class CandleSource:
             amp = spec.vol * np.sqrt(scale / DAY_MS)
             out += amp * (a * (1 - w) + b * w)
         return out
+
+    def prices(self, exchange: str, symbol: str, ts: np.ndarray) -> np.ndarray:
+        """The generator's price of `symbol` at instants `ts` as `exchange` quotes it (its basis):
+        what the perpetuals' mark price follows."""
+        basis = 1 + self.config.exchanges[exchange].basis_bps * 1e-4 if exchange in self.config.exchanges else 1.0
+        return np.exp(self._log_price(symbol, np.asarray(ts, dtype=np.int64))) * basis
 
     def _generate(self, symbol: str, ts: np.ndarray, tf_ms: int) -> np.ndarray:
         spec = self.config.symbols[symbol]
@@ -246,3 +254,110 @@ def _resample(frame: pd.DataFrame, source_tf: int, tf_ms: int) -> pd.DataFrame:
     out = grouped.agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
     complete = grouped.size() == tf_ms // source_tf  # a bin with missing parts is not a real candle
     return out[complete]
+
+
+class DerivativesSource:
+    """Funding rates and open interest of the emulated linear USDT perpetuals (binance, bybit,
+    okx), pure functions of (seed, exchange, symbol, time) like the candles.
+
+    - A perpetual exists from max(the symbol's `listed`, the exchange's `launched`) unless the
+      exchange is configured not to list it.
+    - Funding settles every `interval_hours` (8 unless configured: some symbols 4 h or 1 h, as on
+      the real venues), at multiples of the interval from 00:00 UTC. The rate is a slow value-noise
+      walk around `mean` plus per-settlement noise, scaled to the interval (a 1 h rate is 1/8 of
+      an 8 h one) and clipped to ±`cap`; the mark price is the candle generator's price.
+    - Open interest (base units) is the symbol's hourly volume × `open_interest.volume_hours`
+      modulated by a slow walk; its value is that × the price at the same instant.
+    """
+
+    def __init__(self, config: EmulatorConfig, candles: CandleSource):
+        self.config = config
+        self.spec = config.derivatives or {}
+        self.candles = candles
+        self._launched = {ex: _date_ms(day) for ex, day in (self.spec.get("launched") or {}).items()}
+
+    # listings and intervals ------------------------------------------------------------------
+    def exchanges(self) -> list[str]:
+        return list(self._launched)
+
+    def listed_since(self, exchange: str, symbol: str) -> int | None:
+        """First instant (ms) of `symbol`'s USDT perpetual on `exchange`, None if not listed."""
+        if exchange not in self._launched or symbol not in self.config.symbols:
+            return None
+        if symbol in (self.spec.get("not_listed") or {}).get(exchange, []):
+            return None
+        listed = max(self.config.symbols[symbol].listed_ms, self._launched[exchange])
+        return -(-listed // 3_600_000) * 3_600_000  # perps open on the hour
+
+    def listed(self, exchange: str) -> list[str]:
+        return [s for s in self.config.symbols if self.listed_since(exchange, s) is not None]
+
+    def interval_hours(self, exchange: str, symbol: str) -> int:
+        per = (self.spec.get("funding_interval_hours") or {}).get(exchange) or {}
+        return int(per.get(symbol, self.spec.get("default_interval_hours", 8)))
+
+    def page(self, exchange: str, endpoint: str) -> tuple[int, int]:
+        """(default, max) rows per request of `endpoint` ("funding" | "open_interest")."""
+        spec = ((self.spec.get("pages") or {}).get(exchange) or {}).get(endpoint) or {}
+        return int(spec.get("default", 100)), int(spec.get("max", 100))
+
+    def retention_start(self, exchange: str, endpoint: str, now_ms: int) -> int | None:
+        """The oldest instant the venue still serves for `endpoint`, None if it keeps everything."""
+        days = ((self.spec.get("retention_days") or {}).get(exchange) or {}).get(endpoint)
+        return None if days is None else now_ms - int(days) * DAY_MS
+
+    # data -----------------------------------------------------------------------------------
+    def _walk(self, key_parts: tuple, t: np.ndarray, scale_ms: int) -> np.ndarray:
+        """A smooth value-noise walk in [-1, 1] with one knot per `scale_ms`."""
+        key = _key(self.config.seed, *key_parts, scale_ms)
+        k = np.floor_divide(t, scale_ms)
+        frac = (t - k * scale_ms) / scale_ms
+        w = (1 - np.cos(np.pi * frac)) / 2
+        return (_uniform(key, k) * 2 - 1) * (1 - w) + (_uniform(key, k + 1) * 2 - 1) * w
+
+    def funding(self, exchange: str, symbol: str, start_ms: int, end_ms: int) -> np.ndarray:
+        """Rows [funding time, rate, mark price] for settlements in [start, end)."""
+        listed = self.listed_since(exchange, symbol)
+        if listed is None:
+            return np.empty((0, 3))
+        step = self.interval_hours(exchange, symbol) * 3_600_000
+        first = -(-max(start_ms, listed) // step) * step
+        if first >= end_ms:
+            return np.empty((0, 3))
+        ts = np.arange(first, end_ms, step, dtype=np.int64)
+        spec = self.spec.get("funding_rate") or {}
+        mean, vol, cap = float(spec.get("mean", 0.0001)), float(spec.get("vol", 0.0003)), float(spec.get("cap", 0.003))
+        slow = self._walk(("funding", exchange, symbol), ts, 3 * DAY_MS)
+        noise = _uniform(_key(self.config.seed, "funding-noise", exchange, symbol), ts // 3_600_000) * 2 - 1
+        per_8h = mean + vol * (0.8 * slow + 0.2 * noise)
+        rate = np.clip(np.round(per_8h * step / (8 * 3_600_000), 8), -cap, cap)
+        return np.column_stack([ts, rate, self._price(exchange, symbol, ts)])
+
+    def _price(self, exchange: str, symbol: str, ts: np.ndarray) -> np.ndarray:
+        """The 1 h candle open at each instant (recorded data where it exists, so the mark price
+        agrees with the candles), the generator's price where there is no candle."""
+        out = self.candles.prices(exchange, symbol, ts)
+        hourly = ts % 3_600_000 == 0
+        if hourly.any() and exchange in self.config.exchanges:
+            rows = self.candles.candles(exchange, symbol, 3_600_000, int(ts[hourly].min()), int(ts[hourly].max()) + 1)
+            if len(rows):
+                opens = dict(zip(rows[:, 0].astype(np.int64).tolist(), rows[:, 1].tolist(), strict=True))
+                out = np.array([opens.get(int(t), p) for t, p in zip(ts, out, strict=True)])
+        return out
+
+    def open_interest(self, exchange: str, symbol: str, period_ms: int, start_ms: int, end_ms: int) -> np.ndarray:
+        """Rows [ts, open interest (base units), open interest value (quote)] for ts in [start, end)."""
+        listed = self.listed_since(exchange, symbol)
+        if listed is None:
+            return np.empty((0, 3))
+        first = -(-max(start_ms, listed) // period_ms) * period_ms
+        if first >= end_ms:
+            return np.empty((0, 3))
+        ts = np.arange(first, end_ms, period_ms, dtype=np.int64)
+        hours = float((self.spec.get("open_interest") or {}).get("volume_hours", 30))
+        base = self.config.symbols[symbol].volume * hours
+        walk = self._walk(("oi", exchange, symbol), ts, 2 * DAY_MS)
+        jitter = self._walk(("oi-fast", exchange, symbol), ts, 3_600_000)
+        amount = np.round(base * np.exp(0.35 * walk + 0.03 * jitter), 3)
+        value = amount * self._price(exchange, symbol, ts)
+        return np.column_stack([ts, amount, value])

@@ -9,6 +9,15 @@ them exactly as it parses the real venue.
 | kraken   | GET /0/public/AssetPairs                  | GET /0/public/OHLC                        | the 720 most recent   |
 | bybit    | GET /v5/market/instruments-info           | GET /v5/market/kline (newest first)       | 1000, default 200     |
 | okx      | GET /api/v5/public/instruments            | GET /api/v5/market/(history-)candles      | 300 (recent), 100     |
+
+The linear USDT perpetuals of binance, bybit and okx (funding rates, open interest) are served
+by the same classes; endpoints, page sizes and retention are in docs/derivatives.md.
+
+| exchange | perp markets                               | funding history (page max)           | open interest history (page max)              |
+|----------|--------------------------------------------|--------------------------------------|-----------------------------------------------|
+| binance  | GET /fapi/v1/exchangeInfo, /fapi/v1/fundingInfo | GET /fapi/v1/fundingRate (1000, ascending) | GET /futures/data/openInterestHist (500, last 30 days) |
+| bybit    | GET /v5/market/instruments-info?category=linear (fundingInterval) | GET /v5/market/funding/history (200, newest first) | GET /v5/market/open-interest (200, newest first) |
+| okx      | GET /api/v5/public/instruments?instType=SWAP, /public/funding-rate | GET /api/v5/public/funding-rate-history (400, newest first, last 3 months) | GET /api/v5/rubik/stat/contracts/open-interest-history (100, newest first) |
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from email.utils import format_datetime
 
 import numpy as np
 
-from candleflow.emulator.market_data import CandleSource, EmulatorConfig
+from candleflow.emulator.market_data import CandleSource, DerivativesSource, EmulatorConfig
 
 BINANCE_INTERVALS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
                      "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "1d": 86_400_000}
@@ -72,6 +81,7 @@ class Venue:
         self.source = source
         self.now_ms = now_ms
         self.faults = faults
+        self.derivatives = DerivativesSource(config, source)
 
     # market ids ------------------------------------------------------------------------------
     def listed(self) -> list[str]:
@@ -118,6 +128,42 @@ class Venue:
 
     newest_first = False  # the order the venue serves a page in
 
+    # perpetuals ------------------------------------------------------------------------------
+    def perp_id(self, symbol: str) -> str:
+        return self.market_id(symbol)
+
+    def perp_symbol_for(self, market_id: str) -> str | None:
+        for symbol in self.derivatives.listed(self.name):
+            if self.perp_id(symbol) == market_id:
+                return symbol
+        return None
+
+    def funding_rows(self, symbol: str, lo: int | None, hi: int | None) -> np.ndarray:
+        """Settlements with lo <= time <= hi that have happened by now and are still served."""
+        now = self.now_ms()
+        hi = now if hi is None else min(hi, now)
+        retained = self.derivatives.retention_start(self.name, "funding", now)
+        lo = max(x for x in (lo, retained, 0) if x is not None)
+        return self.derivatives.funding(self.name, symbol, lo, hi + 1) if lo <= hi else np.empty((0, 3))
+
+    def oi_rows(self, symbol: str, period_ms: int, lo: int | None, hi: int | None) -> np.ndarray:
+        now = self.now_ms()
+        hi = now if hi is None else min(hi, now)
+        retained = self.derivatives.retention_start(self.name, "open_interest", now)
+        lo = max(x for x in (lo, retained, 0) if x is not None)
+        return self.derivatives.open_interest(self.name, symbol, period_ms, lo, hi + 1) if lo <= hi else np.empty((0, 3))
+
+
+def _rate(x: float) -> str:
+    """A funding rate as the venues print it: plain decimal, no exponent."""
+    text = f"{x:.8f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _window(rows: np.ndarray, limit: int, *, from_start: bool) -> np.ndarray:
+    """The first (`from_start`) or the newest `limit` rows of an ascending array."""
+    return rows[:limit] if from_start else rows[-limit:] if limit else rows[:0]
+
 
 class Binance(Venue):
     name = "binance"
@@ -142,7 +188,111 @@ class Binance(Venue):
     def routes(self):
         return {"/api/v3/exchangeInfo": self.exchange_info, "/api/v3/klines": self.klines,
                 "/api/v3/time": lambda q: Reply(200, {"serverTime": self.now_ms()}),
-                "/api/v3/ping": lambda q: Reply(200, {})}
+                "/api/v3/ping": lambda q: Reply(200, {}),
+                # USDⓈ-M futures (fapi) and its statistics API
+                "/fapi/v1/exchangeInfo": self.fapi_exchange_info, "/fapi/v1/fundingRate": self.funding_rate,
+                "/fapi/v1/fundingInfo": self.funding_info,
+                "/fapi/v1/time": lambda q: Reply(200, {"serverTime": self.now_ms()}),
+                "/futures/data/openInterestHist": self.open_interest_hist}
+
+    # -- USDⓈ-M perpetuals ----------------------------------------------------------------------
+    FUTURES_PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000,
+                       "4h": 14_400_000, "6h": 21_600_000, "12h": 43_200_000, "1d": 86_400_000}
+    FUNDING_JITTER_MS = 20  # binance stamps settlements a few ms after the hour (…T08:00:00.011Z)
+
+    def _jitter(self, symbol: str, ts: np.ndarray) -> np.ndarray:
+        from candleflow.emulator.market_data import _key, _uniform
+
+        return (_uniform(_key(self.config.seed, "binance-funding-jitter", symbol), ts // 3_600_000)
+                * self.FUNDING_JITTER_MS).astype(np.int64)
+
+    def fapi_exchange_info(self, query):
+        symbols = []
+        for s in self.derivatives.listed(self.name):
+            symbols.append({
+                "symbol": self.perp_id(s), "pair": self.perp_id(s), "contractType": "PERPETUAL",
+                "deliveryDate": 4133404800000, "onboardDate": self.derivatives.listed_since(self.name, s),
+                "status": "TRADING", "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000",
+                "baseAsset": self.ticker(s), "quoteAsset": self.spec.quote, "marginAsset": self.spec.quote,
+                "pricePrecision": 4, "quantityPrecision": 3, "baseAssetPrecision": 8, "quotePrecision": 8,
+                "underlyingType": "COIN", "underlyingSubType": [], "triggerProtect": "0.0500",
+                "liquidationFee": "0.012500", "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": "0.0001", "maxPrice": "1000000", "tickSize": "0.0001"},
+                    {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000000", "stepSize": "0.001"},
+                    {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": "100000", "stepSize": "0.001"},
+                    {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+                    {"filterType": "MIN_NOTIONAL", "notional": "5"},
+                    {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500",
+                     "multiplierDecimal": "4"},
+                ],
+                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                               "TRAILING_STOP_MARKET"],
+                "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+            })
+        return Reply(200, {"timezone": "UTC", "serverTime": self.now_ms(), "futuresType": "U_MARGINED",
+                           "rateLimits": [
+                               {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+                               {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200}],
+                           "exchangeFilters": [], "assets": [], "symbols": symbols})
+
+    def funding_info(self, query):
+        # binance lists only the symbols whose cap, floor or interval was adjusted: a perp that
+        # is not here settles every 8 h
+        return Reply(200, [
+            {"symbol": self.perp_id(s), "adjustedFundingRateCap": "0.02000000",
+             "adjustedFundingRateFloor": "-0.02000000", "fundingIntervalHours": self.derivatives.interval_hours(self.name, s),
+             "disclaimer": False}
+            for s in self.derivatives.listed(self.name) if self.derivatives.interval_hours(self.name, s) != 8])
+
+    def _perp(self, query):
+        market_id = query.get("symbol")
+        if not market_id:
+            raise BadRequest(self._error("Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.", -1102))
+        symbol = self.perp_symbol_for(market_id)
+        if symbol is None:
+            raise BadRequest(self._error("Invalid symbol.", -1121))
+        return symbol
+
+    def _limit(self, query, endpoint):
+        default, cap = self.derivatives.page(self.name, endpoint)
+        limit = _int(query, "limit", default, self._error)
+        if not 1 <= limit <= cap:
+            raise BadRequest(self._error(f"Illegal characters found in parameter 'limit'; legal range is '1..{cap}'.", -1100))
+        return limit
+
+    def funding_rate(self, query):
+        symbol = self._perp(query)
+        limit = self._limit(query, "funding")
+        start = _int(query, "startTime", None, self._error)
+        end = _int(query, "endTime", None, self._error)
+        rows = self.funding_rows(symbol, None if start is None else start - self.FUNDING_JITTER_MS, end)
+        times = rows[:, 0].astype(np.int64) + self._jitter(symbol, rows[:, 0].astype(np.int64))
+        keep = np.ones(len(rows), dtype=bool)
+        if start is not None:
+            keep &= times >= start
+        if end is not None:
+            keep &= times <= end
+        keep &= times <= self.now_ms()
+        rows, times = rows[keep], times[keep]
+        # "If the number of data between startTime and endTime is larger than limit, return as
+        # startTime + limit"; without startTime the most recent `limit`
+        first = start is not None
+        rows, times = _window(rows, limit, from_start=first), _window(times, limit, from_start=first)
+        return Reply(200, [{"symbol": self.perp_id(symbol), "fundingTime": int(t), "fundingRate": f"{r[1]:.8f}",
+                            "markPrice": f"{r[2]:.8f}"} for t, r in zip(times, rows, strict=True)])
+
+    def open_interest_hist(self, query):
+        symbol = self._perp(query)
+        period = self.FUTURES_PERIODS.get(query.get("period", ""))
+        if period is None:
+            return self._error("Data sent for parameter 'period' is not valid.", -1130)
+        limit = self._limit(query, "open_interest")
+        start = _int(query, "startTime", None, self._error)
+        end = _int(query, "endTime", None, self._error)
+        rows = _window(self.oi_rows(symbol, period, start, end), limit, from_start=start is not None)
+        return Reply(200, [{"symbol": self.perp_id(symbol), "sumOpenInterest": f"{r[1]:.8f}",
+                            "sumOpenInterestValue": f"{r[2]:.8f}", "timestamp": int(r[0])} for r in rows])
 
     def exchange_info(self, query):
         symbols = []
@@ -367,7 +517,72 @@ class Bybit(Venue):
 
     def routes(self):
         return {"/v5/market/instruments-info": self.instruments, "/v5/market/kline": self.kline,
-                "/v5/market/time": self.time}
+                "/v5/market/time": self.time, "/v5/market/funding/history": self.funding_history,
+                "/v5/market/open-interest": self.open_interest}
+
+    OI_INTERVALS = {"5min": 300_000, "15min": 900_000, "30min": 1_800_000, "1h": 3_600_000, "4h": 14_400_000,
+                    "1d": 86_400_000}
+
+    def linear_instruments(self, query):
+        if query.get("status", "Trading") != "Trading":  # ccxt also asks for status=PreLaunch
+            return self._ok({"category": "linear", "list": [], "nextPageCursor": ""})
+        items = [{
+            "symbol": self.perp_id(s), "contractType": "LinearPerpetual", "status": "Trading",
+            "baseCoin": self.ticker(s), "quoteCoin": self.spec.quote, "settleCoin": self.spec.quote,
+            "launchTime": str(self.derivatives.listed_since(self.name, s)), "deliveryTime": "0",
+            "deliveryFeeRate": "", "priceScale": "4",
+            "leverageFilter": {"minLeverage": "1", "maxLeverage": "50.00", "leverageStep": "0.01"},
+            "priceFilter": {"minPrice": "0.0001", "maxPrice": "1999999.0000", "tickSize": "0.0001"},
+            "lotSizeFilter": {"maxOrderQty": "1000000", "minOrderQty": "0.001", "qtyStep": "0.001",
+                              "postOnlyMaxOrderQty": "1000000", "maxMktOrderQty": "100000", "minNotionalValue": "5"},
+            "unifiedMarginTrade": True, "fundingInterval": self.derivatives.interval_hours(self.name, s) * 60,
+            "copyTrading": "both", "upperFundingRate": "0.003", "lowerFundingRate": "-0.003",
+            "isPreListing": False, "preListingInfo": None,
+        } for s in self.derivatives.listed(self.name)]
+        return self._ok({"category": "linear", "list": items, "nextPageCursor": ""})
+
+    def _perp(self, query):
+        if query.get("category") not in ("linear", "inverse"):
+            raise BadRequest(self._error("Illegal category", 10001))
+        symbol = self.perp_symbol_for(query.get("symbol", ""))
+        if symbol is None:
+            raise BadRequest(self._error("Symbol Is Invalid", 10001))
+        return symbol
+
+    def _limit(self, query, endpoint):
+        default, cap = self.derivatives.page(self.name, endpoint)
+        limit = _int(query, "limit", default, self._error)
+        return max(1, min(limit, cap))
+
+    def funding_history(self, query):
+        symbol = self._perp(query)
+        limit = self._limit(query, "funding")
+        start = _int(query, "startTime", None, self._error)
+        end = _int(query, "endTime", None, self._error)
+        if start is not None and end is None:
+            # the venue refuses a lone startTime (its docs: "Passing only startTime returns an error")
+            return self._error("endTime is required when startTime is passed", 10001)
+        rows = self.funding_rows(symbol, start, end)[-limit:][::-1]  # newest `limit`, newest first
+        return self._ok({"category": query["category"], "list": [
+            {"symbol": self.perp_id(symbol), "fundingRate": _rate(r[1]), "fundingRateTimestamp": str(int(r[0]))}
+            for r in rows]})
+
+    def open_interest(self, query):
+        symbol = self._perp(query)
+        period = self.OI_INTERVALS.get(query.get("intervalTime", ""))
+        if period is None:
+            return self._error("Illegal intervalTime", 10001)
+        limit = self._limit(query, "open_interest")
+        start = _int(query, "startTime", None, self._error)
+        end = _int(query, "endTime", None, self._error)
+        cursor = _int(query, "cursor", None, self._error)  # our cursor: the newest timestamp still due
+        if cursor is not None:
+            end = cursor if end is None else min(end, cursor)
+        rows = self.oi_rows(symbol, period, start, end)
+        page, more = rows[-limit:][::-1], len(rows) > limit
+        return self._ok({"symbol": self.perp_id(symbol), "category": query["category"],
+                         "list": [{"openInterest": f"{r[1]:.8f}", "timestamp": str(int(r[0]))} for r in page],
+                         "nextPageCursor": str(int(page[-1][0]) - 1) if more else ""})
 
     def time(self, query):
         now = self.now_ms()
@@ -375,6 +590,8 @@ class Bybit(Venue):
 
     def instruments(self, query):
         category = query.get("category", "spot")
+        if category == "linear":
+            return self.linear_instruments(query)
         if category != "spot":
             return self._ok({"category": category, "list": [], "nextPageCursor": ""})
         items = [{
@@ -430,9 +647,87 @@ class Okx(Venue):
     def routes(self):
         return {"/api/v5/public/instruments": self.instruments, "/api/v5/market/candles": self.candles,
                 "/api/v5/market/history-candles": self.history_candles,
-                "/api/v5/public/time": lambda q: self._ok([{"ts": str(self.now_ms())}])}
+                "/api/v5/public/time": lambda q: self._ok([{"ts": str(self.now_ms())}]),
+                "/api/v5/public/funding-rate": self.funding_rate,
+                "/api/v5/public/funding-rate-history": self.funding_rate_history,
+                "/api/v5/rubik/stat/contracts/open-interest-history": self.open_interest_history}
+
+    OI_PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1H": 3_600_000, "2H": 7_200_000,
+                  "4H": 14_400_000, "6H": 21_600_000, "12H": 43_200_000, "1D": 86_400_000}
+
+    def perp_id(self, symbol):
+        return f"{self.ticker(symbol)}-{self.spec.quote}-SWAP"
+
+    def contract_value(self, symbol: str) -> float:
+        """Base units per contract (ctVal): a power of ten worth roughly 10-100 USDT."""
+        return float(10 ** np.floor(np.log10(100 / self.config.symbols[symbol].price)))
+
+    def swap_instruments(self):
+        return self._ok([{
+            "instType": "SWAP", "instId": self.perp_id(s), "uly": self.market_id(s), "instFamily": self.market_id(s),
+            "baseCcy": "", "quoteCcy": "", "settleCcy": self.spec.quote, "ctVal": _num(self.contract_value(s)),
+            "ctMult": "1", "ctValCcy": self.ticker(s), "optType": "", "stk": "",
+            "listTime": str(self.derivatives.listed_since(self.name, s)), "expTime": "", "lever": "50",
+            "tickSz": "0.0001", "lotSz": "1", "minSz": "1", "ctType": "linear", "alias": "", "state": "live",
+            "ruleType": "normal", "maxLmtSz": "100000", "maxMktSz": "10000", "maxLmtAmt": "20000000",
+            "maxMktAmt": "1000000", "maxTwapSz": "", "maxIcebergSz": "", "maxTriggerSz": "", "maxStopSz": "",
+        } for s in self.derivatives.listed(self.name)])
+
+    def _perp(self, query):
+        inst = query.get("instId")
+        if not inst:
+            raise BadRequest(self._error("Parameter instId can not be empty.", "50014"))
+        symbol = self.perp_symbol_for(inst)
+        if symbol is None:
+            raise BadRequest(self._error("Instrument ID doesn't exist.", "51001"))
+        return symbol
+
+    def funding_rate(self, query):
+        """The coming settlement: `fundingTime` is the next one, `nextFundingTime` the one after
+        (their difference is the symbol's interval)."""
+        symbol = self._perp(query)
+        now = self.now_ms()
+        step = self.derivatives.interval_hours(self.name, symbol) * 3_600_000
+        nxt = now // step * step + step
+        upcoming = self.derivatives.funding(self.name, symbol, nxt, nxt + 1)
+        last = self.funding_rows(symbol, now - step, now)
+        rate = _rate(upcoming[0][1]) if len(upcoming) else "0"
+        return self._ok([{
+            "instType": "SWAP", "instId": self.perp_id(symbol), "method": "current_period", "formulaType": "noRate",
+            "fundingRate": rate, "fundingTime": str(nxt), "nextFundingRate": "", "nextFundingTime": str(nxt + step),
+            "minFundingRate": "-0.003", "maxFundingRate": "0.003", "interestRate": "0", "impactValue": "",
+            "premium": "0", "settState": "settled", "settFundingRate": _rate(last[-1][1]) if len(last) else "0",
+            "sprdType": "", "ts": str(now)}])
+
+    def funding_rate_history(self, query):
+        symbol = self._perp(query)
+        default, cap = self.derivatives.page(self.name, "funding")
+        limit = max(1, min(_int(query, "limit", default, self._error), cap))
+        after = _int(query, "after", None, self._error)     # older than (exclusive)
+        before = _int(query, "before", None, self._error)   # newer than (exclusive)
+        rows = self.funding_rows(symbol, None if before is None else before + 1, None if after is None else after - 1)
+        rows = rows[-limit:][::-1]
+        return self._ok([{"instType": "SWAP", "instId": self.perp_id(symbol), "formulaType": "noRate",
+                          "fundingRate": _rate(r[1]), "realizedRate": _rate(r[1]), "fundingTime": str(int(r[0])),
+                          "method": "current_period"} for r in rows])
+
+    def open_interest_history(self, query):
+        symbol = self._perp(query)
+        period = self.OI_PERIODS.get(query.get("period", "5m"))
+        if period is None:
+            return self._error("Parameter period error", "51000")
+        default, cap = self.derivatives.page(self.name, "open_interest")
+        limit = max(1, min(_int(query, "limit", default, self._error), cap))
+        begin = _int(query, "begin", None, self._error)     # both bounds exclusive
+        end = _int(query, "end", None, self._error)
+        rows = self.oi_rows(symbol, period, None if begin is None else begin + 1, None if end is None else end - 1)
+        rows = rows[-limit:][::-1]
+        ct = self.contract_value(symbol)
+        return self._ok([[str(int(r[0])), _num(round(r[1] / ct, 2)), _num(r[1]), _num(round(r[2], 2))] for r in rows])
 
     def instruments(self, query):
+        if query.get("instType", "SPOT") == "SWAP":
+            return self.swap_instruments()
         if query.get("instType", "SPOT") != "SPOT":
             return self._ok([])
         return self._ok([{
