@@ -4,7 +4,6 @@ Layout (see docs/lake.md):
 
     s3://<bucket>/ohlcv/exchange=<ex>/symbol=<SYM>/timeframe=<tf>/date=<YYYY-MM-DD>/part-<from>_<to>.parquet
     s3://<bucket>/quarantine/exchange=…/symbol=…/timeframe=…/window=<from>_<to>/candles.parquet + report.json
-    s3://<bucket>/_staging/<run id>/<exchange>-<SYM>-<tf>.parquet       (between collect and publish)
 
 An object's key is a pure function of the data interval it holds (`<from>_<to>` is the part of the
 run's window that falls on that date), and its bytes are a pure function of its candles, so a
@@ -23,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -43,10 +42,8 @@ OHLCV_SCHEMA = pa.schema([
 ])
 PARTITION_KEYS = ("exchange", "symbol", "timeframe", "date")
 PUT_CONCURRENCY = 8
-STAGING_PREFIX = "_staging"
 QUARANTINE_PREFIX = "quarantine"
 _STAMP = "%Y%m%dT%H%M%SZ"
-_KEY_RE = re.compile(r"(?P<name>exchange|symbol|timeframe|date)=(?P<value>[^/]+)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,12 @@ class WrittenObject:
 
 def _stamp(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime(_STAMP)
+
+
+def part_name(lo: datetime, hi: datetime) -> str:
+    """The object name of the candles of [lo, hi) within one date partition. Names sort by window
+    start, then end: the reader's "later-named object wins" rule (and compaction's) rests on it."""
+    return f"part-{_stamp(lo)}_{_stamp(hi)}.parquet"
 
 
 def partition_prefix(prefix: str, exchange: str, symbol: str, timeframe: str, date: str | None = None) -> str:
@@ -109,45 +112,40 @@ def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol
     times = table.column("ts").to_numpy().astype("datetime64[ms]").astype("int64")
     jobs = []
     for day, lo, hi in _days(window_start, window_end):
-        key = (partition_prefix(prefix, exchange, symbol, timeframe, day.strftime("%Y-%m-%d"))
-               + f"part-{_stamp(lo)}_{_stamp(hi)}.parquet")
+        key = partition_prefix(prefix, exchange, symbol, timeframe, day.strftime("%Y-%m-%d")) + part_name(lo, hi)
         a, b = np.searchsorted(times, [_ms(lo), _ms(hi)])
         jobs.append((key, table.slice(int(a), int(b - a))))
 
-    def write_one(job) -> WrittenObject | None:
-        key, part = job
-        if part.num_rows == 0:
-            _delete_if_exists(s3, bucket, key)  # a re-run that found nothing leaves nothing behind
-            return None
-        body = to_parquet_bytes(part)
-        _put(s3, bucket, key, body)
-        return WrittenObject(key=key, rows=part.num_rows, bytes=len(body))
-
-    if len(jobs) == 1:
-        results = [write_one(jobs[0])]
-    else:
-        # S3 PUTs are latency-bound: a few in flight (boto3 clients are thread-safe)
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=PUT_CONCURRENCY) as pool:
-            results = list(pool.map(write_one, jobs))
+    results = _in_flight(lambda job: write_object(s3, bucket, job[0], job[1]), jobs)
     return [r for r in results if r is not None]
+
+
+def _in_flight(fn, items: list, workers: int = PUT_CONCURRENCY) -> list:
+    """fn over items, results in order; S3 calls are latency-bound, so a few run at once (boto3
+    clients are thread-safe)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def write_object(s3, bucket: str, key: str, table: pa.Table, metadata: dict[str, str] | None = None,
+                 ) -> WrittenObject | None:
+    """One object, one PUT (visible whole or not at all); an empty table deletes the key instead,
+    so a re-run that found nothing leaves nothing behind. The table must already be conformed and
+    sorted: its bytes are then a pure function of its rows."""
+    if table.num_rows == 0:
+        _delete_if_exists(s3, bucket, key)
+        return None
+    body = to_parquet_bytes(table, metadata)
+    _put(s3, bucket, key, body)
+    return WrittenObject(key=key, rows=table.num_rows, bytes=len(body))
 
 
 def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
-
-
-# -- staging: the batch between collect and publish ------------------------------------------
-def stage_key(run_id: str, exchange: str, symbol: str, timeframe: str, prefix: str = STAGING_PREFIX) -> str:
-    safe_run = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-    return f"{prefix}/{safe_run}/{exchange}-{symbol}-{timeframe}.parquet"
-
-
-def write_staged(s3, bucket: str, key: str, candles: pd.DataFrame, market: str | None) -> None:
-    """Stage a raw batch as collected (duplicates and defects included, for the quality check)."""
-    frame = candles.reset_index(drop=True)
-    _put(s3, bucket, key, to_parquet_bytes(_raw_table(frame, market), {"candleflow.market": market or ""}))
 
 
 def _raw_table(frame: pd.DataFrame, market: str | None) -> pa.Table:
@@ -159,19 +157,6 @@ def _raw_table(frame: pd.DataFrame, market: str | None) -> pa.Table:
         pa.array([market] * len(frame), type=pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=OHLCV_SCHEMA)
-
-
-def read_staged(s3, bucket: str, key: str) -> tuple[pd.DataFrame, str | None]:
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    table = pq.read_table(io.BytesIO(body))
-    market = (table.schema.metadata or {}).get(b"candleflow.market", b"").decode() or None
-    frame = table.drop(["market"]).to_pandas()
-    frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]")
-    return frame, market
-
-
-def delete_staged(s3, bucket: str, key: str) -> None:
-    _delete_if_exists(s3, bucket, key)
 
 
 def quarantine_batch(s3, bucket: str, candles: pd.DataFrame, report: dict, *, exchange: str, symbol: str,
@@ -297,13 +282,8 @@ def write_partition(s3, bucket: str, spec: TableSpec | str, frame: pd.DataFrame 
     if "/" in object_name or not object_name.endswith(".parquet"):
         raise ValueError(f"object_name {object_name!r}: a plain file name ending in .parquet")
     key = partition_path(spec, partition) + object_name
-    table = _dedup_sorted(conform(spec, frame), spec.unique_keys, spec.sort_keys)
-    if table.num_rows == 0:
-        _delete_if_exists(s3, bucket, key)
-        return None
-    body = to_parquet_bytes(table, metadata)
-    _put(s3, bucket, key, body)
-    return WrittenObject(key=key, rows=table.num_rows, bytes=len(body))
+    return write_object(s3, bucket, key, _dedup_sorted(conform(spec, frame), spec.unique_keys, spec.sort_keys),
+                        metadata)
 
 
 def _time_bounds(start: datetime | None, end: datetime | None, fmt: str) -> tuple[str | None, str | None]:
@@ -312,40 +292,82 @@ def _time_bounds(start: datetime | None, end: datetime | None, fmt: str) -> tupl
     return first, last
 
 
+def as_current_schema(spec: TableSpec, table: pa.Table, key: str = "") -> pa.Table:
+    """An object's rows as the table's current schema (the schema-evolution rule, docs/lake.md):
+    a nullable column the object predates reads as null; a column the current schema does not know
+    (written by a newer version) is dropped; a type that cannot be cast safely is an error naming
+    the object and column, because a retyped column must be a new table version."""
+    arrays = []
+    for field in spec.schema:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise ValueError(f"{key or spec.name}: no column {field.name!r}, which table {spec.name} declares "
+                                 "not-null; only nullable columns may be added to a table (docs/lake.md)")
+            arrays.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type)  # safe casts only: widening, dictionary → plain
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise ValueError(f"{key or spec.name}: column {field.name!r} is {column.type}, table {spec.name} "
+                                 f"says {field.type}; a type change needs a new table version (docs/lake.md)") from err
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+
+def _get(s3, bucket: str, key: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+
+def _partition_keys_matching(spec: TableSpec, keys, filters: dict[str, str], start: datetime | None,
+                             end: datetime | None) -> list[tuple[str, dict[str, str]]]:
+    """(key, partition values) of the table's data objects that the filters and [start, end) can
+    touch, in key order, judged from the key alone."""
+    pattern = re.compile("".join(f"{k}=(?P<{k}>[^/]+)/" for k in spec.partition_keys) + r"[^/]+\.parquet$")
+    bounds = {name: _time_bounds(start, end, fmt) for name, fmt in TIME_PARTITIONS.items()
+              if name in spec.partition_keys}
+    out = []
+    for key in sorted(keys):
+        if not key.startswith(spec.name + "/"):
+            continue
+        match = pattern.fullmatch(key[len(spec.name) + 1:])
+        if not match:
+            continue
+        values = match.groupdict()
+        if any(filters.get(k) and values[k] != str(filters[k]) for k in spec.partition_keys):
+            continue
+        if any((first and values[name] < first) or (last and values[name] > last)
+               for name, (first, last) in bounds.items()):
+            continue
+        out.append((key, values))
+    return out
+
+
 def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | None = None,
                end: datetime | None = None, as_arrow: bool = False,
                **filters: str) -> tuple[pd.DataFrame | pa.Table, list[str]]:
     """Rows of a table matching partition filters and [start, end) on `ts`, with the keys they came
-    from. Partitions are pruned by key before any object is read (filters in key order narrow the
-    listing; time partitions by start/end)."""
+    from: partition columns first, deduplicated on partition keys + unique keys (the later-named
+    object wins), sorted. Partitions are pruned by key before any object is read (filters in key
+    order narrow the listing; time partitions by start/end); old objects are read as the current
+    schema (`as_current_schema`)."""
     spec = table_spec(table)
     unknown = set(filters) - set(spec.partition_keys)
     if unknown:
         raise ValueError(f"filter(s) {sorted(unknown)}: table {spec.name} is partitioned by "
                          f"{', '.join(spec.partition_keys)}")
+    filters = {k: v for k, v in filters.items() if v}
     prefix = f"{spec.name}/"
     for name in spec.partition_keys:
         if not filters.get(name):
             break
         prefix += f"{name}={filters[name]}/"
-    pattern = re.compile("".join(f"{k}=(?P<{k}>[^/]+)/" for k in spec.partition_keys) + r"[^/]+\.parquet$")
+    selected = _partition_keys_matching(spec, list_objects(s3, bucket, prefix), filters, start, end)
+    parts = _in_flight(lambda item: _get(s3, bucket, item[0]), selected)
     pieces, used = [], []
-    for key in sorted(list_objects(s3, bucket, prefix)):
-        match = pattern.search(key[len(spec.name) + 1:])
-        if not match or not key.startswith(spec.name + "/"):
-            continue
-        values = match.groupdict()
-        if any(filters.get(k) and values[k] != str(filters[k]) for k in spec.partition_keys):
-            continue
-        skip = False
-        for name, fmt in TIME_PARTITIONS.items():
-            if name in values:
-                first, last = _time_bounds(start, end, fmt)
-                if (first and values[name] < first) or (last and values[name] > last):
-                    skip = True
-        if skip:
-            continue
-        part = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    for (key, values), part in zip(selected, parts, strict=True):
+        part = as_current_schema(spec, part, key)
         if "ts" in part.column_names and (start is not None or end is not None):
             ts = part.column("ts")
             mask = None
@@ -362,9 +384,9 @@ def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | Non
         pieces.append(part)
         used.append(key)
     schema = pa.schema([pa.field(k, pa.string()) for k in spec.partition_keys] + list(spec.schema))
-    out = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
-    # keys were read in sorted order: the later-named object wins a duplicate (e.g. a compacted
-    # day and a late hourly part)
+    out = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    # keys were read in sorted order: the later-named object wins a duplicate (a later window start
+    # beats an earlier one; a compacted day sorts before every part of its day)
     out = _dedup_sorted(out, (*spec.partition_keys, *spec.unique_keys), (*spec.partition_keys, *spec.sort_keys))
     return (out if as_arrow else out.to_pandas()), used
 
@@ -391,61 +413,23 @@ def listing_prefix(table: str, *, exchange: str | None = None, symbol: str | Non
     return prefix
 
 
-def _partition_values(key: str) -> dict[str, str]:
-    return {m["name"]: m["value"] for m in _KEY_RE.finditer(key)}
+def ohlcv_spec(prefix: str = "ohlcv") -> TableSpec:
+    """The ohlcv table, under another prefix if the configuration says so (`lake.ohlcv_prefix`)."""
+    return OHLCV if prefix == OHLCV.name else replace(OHLCV, name=prefix)
 
 
 def read_with_sources(s3, bucket: str, table: str = "ohlcv", *, exchange: str | None = None,
                       symbol: str | None = None, timeframe: str | None = None, start: datetime | None = None,
                       end: datetime | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Candles of [start, end) matching the filters, with the object keys they came from.
-
-    Partitions are pruned by key (exchange/symbol/timeframe/date) before any object is read.
-    """
-    listing = listing_prefix(table, exchange=exchange, symbol=symbol, timeframe=timeframe)
-    first_day = start.astimezone(UTC).strftime("%Y-%m-%d") if start else None
-    last_day = (end - timedelta(milliseconds=1)).astimezone(UTC).strftime("%Y-%m-%d") if end else None
-    keys = []
-    for key in sorted(list_objects(s3, bucket, listing)):
-        values = _partition_values(key)
-        if not key.endswith(".parquet") or set(PARTITION_KEYS) - set(values):
-            continue
-        if (exchange and values["exchange"] != exchange) or (symbol and values["symbol"] != symbol) \
-                or (timeframe and values["timeframe"] != timeframe):
-            continue
-        if (first_day and values["date"] < first_day) or (last_day and values["date"] > last_day):
-            continue
-        keys.append(key)
-    frames = []
-    used = []
-    for key in keys:
-        values = _partition_values(key)
-        frame = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pandas()
-        frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]")
-        if start is not None:
-            frame = frame[frame["ts"] >= start]
-        if end is not None:
-            frame = frame[frame["ts"] < end]
-        if frame.empty:
-            continue
-        for name in ("exchange", "symbol", "timeframe"):
-            frame[name] = values[name]
-        frames.append(frame)
-        used.append(key)
-    columns = ["exchange", "symbol", "timeframe", *OHLCV_SCHEMA.names]
-    if not frames:
-        empty = pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
-        empty["ts"] = pd.Series(dtype="datetime64[ms, UTC]")
-        return empty, []
-    frame = pd.concat(frames, ignore_index=True)[columns]
-    # keys were read in sorted order: the later-named part (the newer fetch) wins a duplicate
-    frame = frame.drop_duplicates(["exchange", "symbol", "timeframe", "ts"], keep="last")
-    frame = frame.sort_values(["exchange", "symbol", "timeframe", "ts"], kind="stable").reset_index(drop=True)
-    return frame, used
+    """Candles of [start, end) matching the filters, with the object keys they came from (a
+    training snapshot records them). Columns: exchange, symbol, timeframe, then OHLCV_SCHEMA."""
+    frame, used = read_table(s3, bucket, ohlcv_spec(table), start=start, end=end, exchange=exchange,
+                             symbol=symbol, timeframe=timeframe)
+    return frame.drop(columns="date").reset_index(drop=True), used
 
 
-def read(s3, bucket: str, table: str = "ohlcv", *, as_arrow: bool = False, **filters):
-    """A table's rows matching the filters: deduplicated, sorted, pandas (or Arrow with as_arrow)."""
-    if table == "ohlcv" and not as_arrow:
-        return read_with_sources(s3, bucket, table, **filters)[0]
+def read(s3, bucket: str, table: str | TableSpec = "ohlcv", *, as_arrow: bool = False, **filters):
+    """A table's rows matching partition filters and start/end: partition columns first,
+    deduplicated, sorted; pandas, or Arrow with as_arrow. Any table: `lake.read(s3, bucket,
+    "funding", exchange="okx", start=…)`."""
     return read_table(s3, bucket, table, as_arrow=as_arrow, **filters)[0]

@@ -88,21 +88,30 @@ def test_read_prunes_filters_deduplicates_and_sorts(s3_client, bucket):
     assert lake.read(s3_client, bucket, symbol="ETH").empty
 
 
-def test_staging_round_trips_the_raw_batch_and_quarantine_keeps_the_report(s3_client, bucket):
+def test_quarantine_keeps_the_batch_as_collected_and_its_report(s3_client, bucket):
     start = datetime(2024, 10, 20, tzinfo=UTC)
     raw = candles(start, 5).iloc[[1, 0, 2, 3, 4, 4]].reset_index(drop=True)  # out of order, repeated
-    key = lake.stage_key("manual__2024-10-20T00:00:00+00:00", "kraken", "ETH", "1h")
-    assert key.startswith("_staging/manual__2024-10-20T00_00_00_00_00/")
-    lake.write_staged(s3_client, bucket, key, raw, "ETH/USD")
-    back, market = lake.read_staged(s3_client, bucket, key)
-    assert market == "ETH/USD"
-    pd.testing.assert_frame_equal(back, raw, check_dtype=True)
-    qkey = lake.quarantine_batch(s3_client, bucket, back, {"success": False, "summary": "high < low"},
-                                 exchange="kraken", symbol="ETH", timeframe="1h", market=market,
+    qkey = lake.quarantine_batch(s3_client, bucket, raw, {"success": False, "summary": "high < low"},
+                                 exchange="kraken", symbol="ETH", timeframe="1h", market="ETH/USD",
                                  window_start=start, window_end=start + timedelta(hours=5))
     assert qkey == ("quarantine/exchange=kraken/symbol=ETH/timeframe=1h/"
                     "window=20241020T000000Z_20241020T050000Z/candles.parquet")
+    kept = pq.read_table(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=qkey)["Body"].read())).to_pandas()
+    # the exchange's row order and repeats are kept: they are part of what quality judged
+    assert kept["ts"].tolist() == raw["ts"].tolist() and set(kept["market"]) == {"ETH/USD"}
     report = json.loads(s3_client.get_object(Bucket=bucket, Key=qkey.replace("candles.parquet", "report.json"))["Body"].read())
     assert report["success"] is False
-    lake.delete_staged(s3_client, bucket, key)
-    assert lake.list_objects(s3_client, bucket, "_staging/") == {}
+    assert lake.list_objects(s3_client, bucket, "ohlcv/") == {}
+
+
+def test_read_returns_the_same_rows_as_pandas_or_arrow_with_partition_columns(s3_client, bucket):
+    day = datetime(2024, 10, 20, tzinfo=UTC)
+    write(s3_client, bucket, candles(day, 30), day, day + timedelta(hours=30))
+    frame = lake.read(s3_client, bucket, "ohlcv", exchange="binance", symbol="BTC", timeframe="1h",
+                      start=day + timedelta(hours=20), end=day + timedelta(hours=26))
+    arrow = lake.read(s3_client, bucket, "ohlcv", as_arrow=True, exchange="binance", symbol="BTC", timeframe="1h",
+                      start=day + timedelta(hours=20), end=day + timedelta(hours=26))
+    assert frame.columns.tolist() == arrow.column_names == ["exchange", "symbol", "timeframe", "date", *lake.OHLCV_SCHEMA.names]
+    assert frame["date"].tolist() == ["2024-10-20"] * 4 + ["2024-10-21"] * 2
+    pd.testing.assert_frame_equal(arrow.to_pandas(), frame)
+    assert str(frame["ts"].dtype) == "datetime64[ms, UTC]"

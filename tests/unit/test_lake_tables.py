@@ -84,3 +84,33 @@ def test_table_spec_names_unknown_tables_and_finds_ohlcv():
     assert lake.table_spec("ohlcv") is lake.OHLCV
     with pytest.raises(KeyError, match="unknown lake table"):
         lake.table_spec("trades")
+
+
+def test_schema_evolution_an_old_object_reads_with_a_new_nullable_column_as_null(s3_client, bucket):
+    old = lake.write_partition(s3_client, bucket, SPEC, rows([0, 8]), partition={"exchange": "okx", "month": "2024-01"})
+    # version 2 of the table adds a nullable column at the end (the only change docs/lake.md allows)
+    v2 = lake.TableSpec(SPEC.name, SPEC.schema.append(pa.field("premium", pa.float64())), SPEC.partition_keys,
+                        SPEC.unique_keys)
+    new = lake.write_partition(s3_client, bucket, v2, rows([16]).assign(premium=0.5),
+                               partition={"exchange": "okx", "month": "2024-01"}, object_name="part-00001.parquet")
+    got, keys = lake.read_table(s3_client, bucket, v2)
+    assert keys == [old.key, new.key]
+    assert got.columns.tolist() == ["exchange", "month", "ts", "rate", "note", "premium"]
+    assert got["premium"].isna().tolist() == [True, True, False] and got["premium"].iloc[2] == 0.5
+    arrow = lake.read(s3_client, bucket, v2, as_arrow=True)
+    assert arrow.schema.field("premium").type == pa.float64() and arrow.column("premium").null_count == 2
+    # a reader still on version 1 ignores the column it does not know
+    assert lake.read(s3_client, bucket, SPEC).columns.tolist() == ["exchange", "month", "ts", "rate", "note"]
+
+
+@pytest.mark.parametrize(("field", "message"), [
+    (pa.field("premium", pa.float64(), nullable=False), "no column 'premium', which table funding_test declares not-null"),
+    (pa.field("note", pa.timestamp("ms")), "column 'note' is string, table funding_test says timestamp[ms]"),
+])
+def test_schema_evolution_refuses_what_the_rule_forbids_naming_object_and_column(s3_client, bucket, field, message):
+    written = lake.write_partition(s3_client, bucket, SPEC, rows([0]), partition={"exchange": "okx", "month": "2024-01"})
+    fields = [f for f in SPEC.schema if f.name != field.name] + [field]
+    changed = lake.TableSpec(SPEC.name, pa.schema(fields), SPEC.partition_keys, SPEC.unique_keys)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        lake.read_table(s3_client, bucket, changed)
+    assert written.key in str(err.value)
