@@ -14,7 +14,7 @@ import pytest
 
 from candleflow.config import load_training
 from candleflow.training.dataset import load_channel, write_training_channel
-from candleflow.training.model import N_FEATURES, build_features
+from candleflow.training.model import FEATURES, N_FEATURES, build_features
 from candleflow.training.runner import TrainingJobSpec, download_model, run_training_job, split_s3_uri
 from candleflow.training.sagemaker import (
     JOB_NAME_RE,
@@ -182,7 +182,9 @@ def test_run_training_job_trains_and_leaves_model_tar_where_sagemaker_would(firs
     assert 0.0 <= metrics["val_directional_accuracy"] <= 1.0
     assert metrics["resumed_from_epoch"] is None
     assert json.loads((result.model_dir / "model_config.json").read_text()) == {
-        "n_features": N_FEATURES, "hidden_size": 8, "window": 12}
+        "n_features": N_FEATURES, "hidden_size": 8, "window": 12, "features": list(FEATURES)}
+    for name in ("evaluation.json", "evaluation_predictions.json", "baseline.json"):
+        assert (result.model_dir / name).exists(), name
     example = np.array(json.loads((result.model_dir / "input_example.json").read_text()), dtype=np.float32)
     assert example.shape == (1, 12, N_FEATURES)
 

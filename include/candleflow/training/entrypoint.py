@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from candleflow.training.dataset import load_channel
-from candleflow.training.model import PriceLSTM, build_features
+from candleflow.training.model import FEATURES, PriceLSTM, build_samples
 
-DEFAULTS: dict[str, int | float] = {
+DEFAULTS: dict[str, int | float | str] = {
     "epochs": 5,
     "window": 24,
     "hidden_size": 32,
@@ -36,6 +36,12 @@ DEFAULTS: dict[str, int | float] = {
     "batch_size": 64,
     "seed": 42,
     "validation_fraction": 0.2,
+    # the evaluation window and its trading costs (include/config/training.yaml `evaluation:`)
+    "holdout_fraction": 0.2,
+    "fee_bps": 10.0,
+    "threshold": 0.5,
+    "min_eval_samples": 24,
+    "device": "auto",          # auto | cpu | cuda (auto: cuda when torch sees a GPU)
 }
 CHECKPOINT_RE = re.compile(r"^checkpoint-epoch-(\d+)\.pt$")
 KEEP_CHECKPOINTS = 2
@@ -48,6 +54,9 @@ def coerce_hyperparameters(raw: dict) -> dict:
         if key not in raw or raw[key] is None or raw[key] == "":
             continue
         value = raw[key]
+        if isinstance(default, str):
+            hps[key] = str(value)
+            continue
         try:
             hps[key] = int(float(value)) if isinstance(default, int) else float(value)
         except (TypeError, ValueError) as exc:
@@ -56,7 +65,21 @@ def coerce_hyperparameters(raw: dict) -> dict:
         raise ValueError(f"epochs, window, hidden_size and batch_size must be >= 1: {hps}")
     if not 0 < hps["validation_fraction"] < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {hps['validation_fraction']}")
+    if not 0 < hps["holdout_fraction"] < 1:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {hps['holdout_fraction']}")
+    if hps["device"] not in ("auto", "cpu", "cuda") and not str(hps["device"]).startswith("cuda:"):
+        raise ValueError(f"device {hps['device']!r} is invalid; use auto, cpu or cuda")
     return hps
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when torch sees a GPU; asking for cuda without one is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but torch sees no CUDA device (torch {torch.__version__}); "
+                         "use device=cpu or auto")
+    return torch.device(name)
 
 
 def read_hyperparameters() -> dict:
@@ -91,32 +114,50 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
     return path
 
 
-def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[float, float]:
+def _predict_logits(model: nn.Module, X: torch.Tensor, device: torch.device) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(X[i:i + 4096]) for i in range(0, len(X), 4096)])
-        loss = float(loss_fn(logits, y))
-        accuracy = float(((logits > 0).float() == y).float().mean())
-    return loss, accuracy
+        return torch.cat([model(X[i:i + 4096].to(device)).cpu() for i in range(0, len(X), 4096)])
+
+
+def _validate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn, device) -> tuple[float, float]:
+    logits = _predict_logits(model, X, device)
+    return float(loss_fn(logits, y)), float(((logits > 0).float() == y).float().mean())
+
+
+def _iso(ms: int) -> str:
+    import pandas as pd
+
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC").isoformat()
 
 
 def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dict, log=print) -> dict:
+    from candleflow.training import baseline, evaluation
+    from candleflow.training.lineage import code_version
+
     hps = coerce_hyperparameters(raw_hps)
+    device = resolve_device(hps["device"])
     seed_everything(hps["seed"])
     candles = load_channel(channel_dir)
-    X, y = build_features(candles, hps["window"])
-    n = len(X)
-    n_val = max(1, int(round(n * hps["validation_fraction"])))
-    if n - n_val < 1:
-        raise ValueError(f"only {n} samples from {len(candles)} candles with window {hps['window']}: "
-                         "not enough to train and validate; widen the lookback or shrink the window")
-    # chronological split: validation is the most recent samples, never shuffled into training
-    X_train, y_train = torch.from_numpy(X[: n - n_val]), torch.from_numpy(y[: n - n_val])
-    X_val, y_val = torch.from_numpy(X[n - n_val:]), torch.from_numpy(y[n - n_val:])
-    n_features = X.shape[2]
+    timeframes = sorted(candles["timeframe"].unique())
+    if len(timeframes) != 1:
+        raise ValueError(f"the training channel mixes timeframes {timeframes}; one job trains one timeframe")
+    samples = build_samples(candles, hps["window"])
+    try:
+        parts = evaluation.split(len(samples), hps["holdout_fraction"], hps["validation_fraction"],
+                                 min_eval=int(hps["min_eval_samples"]))
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({len(candles)} candles, window {hps['window']}): not enough to train, "
+                         "validate and evaluate") from None
+    # chronological: training, then validation, then the held-out evaluation window; never shuffled across
+    train_s, val_s, eval_s = (samples.take(parts.train), samples.take(parts.validation),
+                              samples.take(parts.evaluation))
+    X_train, y_train = torch.from_numpy(train_s.X), torch.from_numpy(train_s.y)
+    X_val, y_val = torch.from_numpy(val_s.X), torch.from_numpy(val_s.y)
+    n_features = samples.X.shape[2]
     config = {"n_features": int(n_features), "hidden_size": hps["hidden_size"], "window": hps["window"]}
 
-    model = PriceLSTM(n_features, hps["hidden_size"])
+    model = PriceLSTM(n_features, hps["hidden_size"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=hps["learning_rate"])
     loss_fn = nn.BCEWithLogitsLoss()
     history: list[dict] = []
@@ -125,8 +166,8 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
 
     ckpt_path = latest_checkpoint(checkpoint_dir)
     if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("model_config") == config:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("model_config") == config and int(state["epoch"]) <= hps["epochs"]:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             history = list(state.get("history", []))
@@ -134,7 +175,8 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
             start_epoch = resumed_from + 1
             log(f"resuming from {ckpt_path.name} (epoch {resumed_from})")
         else:
-            log(f"ignoring {ckpt_path.name}: model config {state.get('model_config')} != {config}")
+            log(f"ignoring {ckpt_path.name}: model config {state.get('model_config')} != {config} "
+                f"or epoch {state.get('epoch')} > {hps['epochs']}")
 
     for epoch in range(start_epoch, hps["epochs"] + 1):
         model.train()
@@ -145,13 +187,13 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
         for start in range(0, len(order), hps["batch_size"]):
             batch = order[start:start + hps["batch_size"]]
             optimizer.zero_grad()
-            loss = loss_fn(model(X_train[batch]), y_train[batch])
+            loss = loss_fn(model(X_train[batch].to(device)), y_train[batch].to(device))
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             total += loss.item() * len(batch)
             count += len(batch)
-        val_loss, val_acc = _evaluate(model, X_val, y_val, loss_fn)
+        val_loss, val_acc = _validate(model, X_val, y_val, loss_fn, device)
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
                "val_directional_accuracy": val_acc}
         history.append(row)
@@ -162,24 +204,55 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
 
     if not history:  # nothing left to run and nothing to resume (cannot happen with epochs >= 1)
         raise RuntimeError("no epoch was trained")
+
+    # the baseline sees exactly the LSTM's training samples
+    base = baseline.fit(train_s.X, train_s.y, seed=hps["seed"])
+    eval_cfg = evaluation.EvaluationConfig(holdout_fraction=hps["holdout_fraction"], fee_bps=hps["fee_bps"],
+                                           threshold=hps["threshold"], min_samples=int(hps["min_eval_samples"]))
+    model_prob = torch.sigmoid(_predict_logits(model, torch.from_numpy(eval_s.X), device)).numpy().astype(np.float64)
+    base_prob = baseline.predict_proba(base, eval_s.X)
+    strategies = evaluation.evaluate({"model": model_prob, "baseline": base_prob}, eval_s.ret, eval_cfg,
+                                     timeframes[0])
+    report = {
+        "window": evaluation.window_of(eval_s.label_ts),
+        "config": eval_cfg.to_dict(),
+        "timeframe": timeframes[0],
+        # the last label any fitted part of this model saw: a later comparison must start after it
+        "seen_until": _iso(val_s.label_ts.max()),
+        "train_window": {"start": _iso(train_s.label_ts.min()), "end": _iso(train_s.label_ts.max()),
+                         "samples": len(train_s)},
+        "validation_window": {"start": _iso(val_s.label_ts.min()), "end": _iso(val_s.label_ts.max()),
+                              "samples": len(val_s)},
+        "strategies": strategies,
+    }
+    predictions = {"label_ts": eval_s.label_ts.tolist(), "ret": eval_s.ret.tolist(),
+                   "model": model_prob.tolist(), "baseline": base_prob.tolist()}
+
     last = history[-1]
     metrics = {
         "train_loss": last["train_loss"],
         "val_loss": last["val_loss"],
         "val_directional_accuracy": last["val_directional_accuracy"],
         "val_up_fraction": float(y_val.mean()),  # the accuracy of always answering "up"
-        "n_train": int(len(X_train)),
-        "n_val": int(len(X_val)),
+        "n_train": int(len(train_s)),
+        "n_val": int(len(val_s)),
+        "n_eval": int(len(eval_s)),
         "n_candles": int(len(candles)),
         "epochs": int(last["epoch"]),
         "resumed_from_epoch": resumed_from,
+        "device": str(device),
+        "code_version": code_version(),
+        **evaluation.flat_metrics(strategies),
         "history": history,
     }
     model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), model_dir / "model.pt")
-    (model_dir / "model_config.json").write_text(json.dumps(config))
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, model_dir / "model.pt")
+    (model_dir / "model_config.json").write_text(json.dumps({**config, "features": list(FEATURES)}))
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    example = X_val[-1:].numpy().astype(np.float32)
+    (model_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
+    (model_dir / "evaluation_predictions.json").write_text(json.dumps(predictions))
+    baseline.save(base, model_dir)
+    example = eval_s.X[-1:].astype(np.float32)
     (model_dir / "input_example.json").write_text(json.dumps(example.tolist()))
     return metrics
 

@@ -1,0 +1,56 @@
+"""The baseline: logistic regression (scikit-learn) on the LSTM's own windows, flattened.
+
+It is fitted on the training samples only (its standardisation too), so it sees exactly what the
+LSTM sees. It is stored as plain JSON numbers (`baseline.json` in the model directory), not a
+pickle, and predicts with numpy alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+BASELINE_FILE = "baseline.json"
+
+
+def fit(X: np.ndarray, y: np.ndarray, seed: int, C: float = 1.0) -> dict:
+    """Fit on windows `X` [n, window, features] and labels `y`; return the JSON-safe parameters."""
+    from sklearn.linear_model import LogisticRegression
+
+    flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    y = np.asarray(y).astype(int)
+    mean = flat.mean(axis=0)
+    scale = flat.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    classes = np.unique(y)
+    if len(classes) < 2:
+        # one class only: the honest model is the constant it saw
+        return {"kind": "constant", "p_up": float(classes[0]) if len(classes) else 0.5,
+                "n_inputs": int(flat.shape[1])}
+    clf = LogisticRegression(C=C, max_iter=1000, random_state=seed)
+    clf.fit((flat - mean) / scale, y)
+    return {"kind": "logistic_regression", "C": C, "n_inputs": int(flat.shape[1]), "mean": mean.tolist(),
+            "scale": scale.tolist(), "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0])}
+
+
+def predict_proba(params: dict, X: np.ndarray) -> np.ndarray:
+    """P(up) per window."""
+    flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    if flat.shape[1] != params["n_inputs"]:
+        raise ValueError(f"baseline expects windows of {params['n_inputs']} numbers, got {flat.shape[1]}")
+    if params["kind"] == "constant":
+        return np.full(len(flat), params["p_up"])
+    z = ((flat - np.asarray(params["mean"])) / np.asarray(params["scale"])) @ np.asarray(params["coef"])
+    return 1.0 / (1.0 + np.exp(-(z + params["intercept"])))
+
+
+def save(params: dict, model_dir: Path) -> Path:
+    path = Path(model_dir) / BASELINE_FILE
+    path.write_text(json.dumps(params))
+    return path
+
+
+def load(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / BASELINE_FILE).read_text())

@@ -1,0 +1,110 @@
+"""What a model was trained on and by which code: recorded with every MLflow run.
+
+- `partition_rows`: the lake partitions (exchange × date) of the training window, the objects
+  read for each and the rows each contributed after deduplication;
+- `quality_summary`: what the gap ledger (the ingest's quality verdicts) said about those days:
+  per exchange, the days complete, partial or quarantined and the candles missing by reason;
+- `code_version`: `CANDLEFLOW_CODE_VERSION` (a training image bakes its git sha there), else the
+  git commit of this checkout (`+dirty` when it has uncommitted changes), else the package version.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+LINEAGE_FILE = "lineage.json"
+
+
+def partition_rows(candles: pd.DataFrame, sources: list[str]) -> list[dict]:
+    """[{partition, objects, rows}] per lake partition (exchange, symbol, timeframe, date) read."""
+    from candleflow.lake import _partition_values
+
+    objects: dict[tuple, list[str]] = defaultdict(list)
+    for key in sources:
+        v = _partition_values(key)
+        objects[(v.get("exchange"), v.get("symbol"), v.get("timeframe"), v.get("date"))].append(key)
+    if candles.empty:
+        counts = {}
+    else:
+        dates = pd.to_datetime(candles["ts"], utc=True).dt.strftime("%Y-%m-%d")
+        counts = candles.assign(date=dates).groupby(["exchange", "symbol", "timeframe", "date"]).size().to_dict()
+    out = []
+    for part in sorted(set(objects) | set(counts), key=lambda p: tuple(str(x) for x in p)):
+        exchange, symbol, timeframe, date = part
+        out.append({"partition": f"exchange={exchange}/symbol={symbol}/timeframe={timeframe}/date={date}",
+                    "objects": sorted(objects.get(part, [])), "rows": int(counts.get(part, 0))})
+    return out
+
+
+def quality_summary(entries, start: str, end: str) -> dict:
+    """Ledger entries (candleflow.coverage.LedgerEntry) of the days in [start, end) by exchange."""
+    first, last = start[:10], end[:10]
+    per_exchange: dict[str, dict] = {}
+    for entry in entries:
+        if not first <= entry.date <= last:
+            continue
+        ex = per_exchange.setdefault(entry.exchange, {"days": {}, "expected": 0, "present": 0,
+                                                      "missing_by_reason": defaultdict(int)})
+        # a day's worst verdict wins: quarantined > partial > complete
+        rank = {"complete": 0, "not_listed": 0, "partial": 1, "quarantined": 2}
+        old = ex["days"].get(entry.date)
+        if old is None or rank.get(entry.status, 1) > rank.get(old, 1):
+            ex["days"][entry.date] = entry.status
+        ex["expected"] += entry.expected
+        ex["present"] += entry.present
+        for gap in entry.gaps:
+            ex["missing_by_reason"][gap.reason] += gap.count
+    summary = {}
+    for exchange, ex in sorted(per_exchange.items()):
+        statuses = list(ex["days"].values())
+        summary[exchange] = {
+            "days": len(statuses),
+            "complete": sum(s in ("complete", "not_listed") for s in statuses),
+            "partial": statuses.count("partial"),
+            "quarantined": statuses.count("quarantined"),
+            "quarantined_days": sorted(d for d, s in ex["days"].items() if s == "quarantined"),
+            "candles_expected": ex["expected"],
+            "candles_present": ex["present"],
+            "missing_by_reason": dict(sorted(ex["missing_by_reason"].items())),
+        }
+    return {"source": "gap ledger (coverage/)", "window": [start, end], "exchanges": summary,
+            "verdict": quality_verdict(summary)}
+
+
+def quality_verdict(summary: dict) -> str:
+    if not summary:
+        return "no ledger entries for this window"
+    q = sum(e["quarantined"] for e in summary.values())
+    p = sum(e["partial"] for e in summary.values())
+    days = sum(e["days"] for e in summary.values())
+    return f"{days} exchange-days: {days - q - p} complete, {p} partial, {q} quarantined (not trained on)"
+
+
+@functools.cache
+def code_version() -> str:
+    if os.environ.get("CANDLEFLOW_CODE_VERSION"):
+        return os.environ["CANDLEFLOW_CODE_VERSION"]
+    import candleflow
+
+    root = Path(candleflow.__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        if sha:
+            return f"git:{sha}" + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"candleflow=={version('candleflow')}"
+    except PackageNotFoundError:
+        return "unknown"
