@@ -344,6 +344,22 @@ def _partition_keys_matching(spec: TableSpec, keys, filters: dict[str, str], sta
     return out
 
 
+def _list_and_get(s3, bucket: str, prefix: str, select, attempts: int = 3):
+    """List, select, GET. An object deleted between the listing and its GET (a compaction that
+    merged it, a re-run that emptied it) means the partition changed under the reader: list again
+    rather than skip it (its rows may be in an object this listing did not see yet)."""
+    from botocore.exceptions import ClientError
+
+    for attempt in range(attempts):
+        selected = select(list_objects(s3, bucket, prefix))
+        try:
+            return selected, _in_flight(lambda item: _get(s3, bucket, item[0]), selected)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404") or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | None = None,
                end: datetime | None = None, as_arrow: bool = False,
                **filters: str) -> tuple[pd.DataFrame | pa.Table, list[str]]:
@@ -363,8 +379,8 @@ def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | Non
         if not filters.get(name):
             break
         prefix += f"{name}={filters[name]}/"
-    selected = _partition_keys_matching(spec, list_objects(s3, bucket, prefix), filters, start, end)
-    parts = _in_flight(lambda item: _get(s3, bucket, item[0]), selected)
+    selected, parts = _list_and_get(s3, bucket, prefix, lambda keys: _partition_keys_matching(
+        spec, keys, filters, start, end))
     pieces, used = [], []
     for (key, values), part in zip(selected, parts, strict=True):
         part = as_current_schema(spec, part, key)
