@@ -472,6 +472,10 @@ def days_of(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
 def _key_date(key: str) -> str | None:
     for part in key.split("/"):
         if part.startswith("date="):
@@ -522,11 +526,11 @@ def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime
         candles["ts"] = candles["ts"].astype("datetime64[ms, UTC]")
         candles = candles.sort_values(["ts", "exchange"], kind="stable").reset_index(drop=True)
     funding, funding_keys = read_funding(s3, bucket, cfg, symbol, read_start - DAY, days[-1] + DAY)
-    times = candles["ts"].to_numpy(dtype="datetime64[ms]") if not candles.empty else np.array([], "datetime64[ms]")
+    times = candles["ts"].astype("int64").to_numpy() if not candles.empty else np.array([], "int64")
     spec = TABLE_SPECS["features"]
     summaries = []
     for day in days:
-        lo, hi = np.searchsorted(times, np.array([day - warmup, day + DAY + horizon], dtype="datetime64[ms]"))
+        lo, hi = np.searchsorted(times, [_ms(day - warmup), _ms(day + DAY + horizon)])
         window = candles.iloc[int(lo):int(hi)]
         features = compute_features(window, timeframe=timeframe, cfg=cfg, funding=funding, fear_greed=fear_greed)
         features = features[(features["ts"] >= day) & (features["ts"] < day + DAY)]
