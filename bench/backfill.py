@@ -1,61 +1,62 @@
 """Backfill benchmark: the full universe on the exchange emulator, all five exchanges at once.
 
     .venv/bin/python bench/backfill.py [--timeframe 1m] [--days 2 | --hours H] [--symbols N]
-                                       [--exchanges binance,okx,...] [--budget ccxt]
-                                       [--emulator inprocess|subprocess]
+                                       [--exchanges binance,okx,...] [--budget ccxt|published]
+                                       [--emulator inprocess|subprocess] [--no-compare]
 
-What it does (issue 3, "Speed"):
+What it does (issue 3 "Speed", issue 6 "published limits"):
 
 - starts the emulator (`EmulatorServer`, rate limits enforced, clock 2024-10-30T00:30:00Z) in this
   process (default) or, with `--emulator subprocess`, as `python -m candleflow.emulator` in its own
   process (so the server does not compete with the collectors for this interpreter's GIL);
-- one thread per exchange, one stock ccxt client per exchange (`make_exchange`, `enableRateLimit`
-  on: ccxt's throttle lives in the client), markets loaded once, then `collect_pair(client=...)` for
-  every symbol of the window [end - days, end), end = the emulated clock's UTC midnight;
-- per exchange: candles, requests and refusals (429 / bans, from the emulator's `/__admin/stats`),
-  wall seconds, candles/s, requests/s, and achieved ÷ bound, where
+- one asyncio event loop; per exchange one async ccxt client (`make_exchange(asynchronous=True)`)
+  shared by every coroutine of that exchange, markets loaded once, then `collect_pair_async` for
+  every symbol of the window [end - days, end) (end = the emulated clock's UTC midnight),
+  `collect.pairs_in_flight` symbols and `collect.requests_in_flight` requests at once; all five
+  exchanges start together;
+- `--budget ccxt` (default): ccxt's throttle paces (`enableRateLimit`), the limiter of
+  `candleflow.ratelimit` only steers by the exchanges' headers and handles refusals. Per exchange:
+  candles, requests, refusals (429 / bans, from the emulator's `/__admin/stats`), wall seconds,
+  candles/s, requests/s, and achieved ÷ bound, where
       bound = 1000 / (client.rateLimit × cost ccxt charges the OHLCV call)   [requests/s]
-  is what ccxt's own throttle permits for the candle endpoint; the cost is recorded from
-  `calculate_rate_limiter_cost` on the live client, i.e. exactly what ccxt charged
-  (binance spot klines 0.4 × 50 ms, bybit v5/market/kline 5 × 20 ms, okx market/history-candles
-  1 × 110 ms, coinbase .../candles 3 × 34 ms, kraken OHLC 1.2 × 1000 ms in ccxt 4.5.90);
-  achieved = OHLCV requests / wall seconds;
-- where the time went: ccxt throttle sleeps, HTTP round trips (ccxt's `fetch`, JSON decode
-  included), and the rest (ccxt parsing, collect.py, thread switching), plus how much of the
-  throttle's budget went to requests other than candle pages (fetch_time per pair, load_markets);
+  is what ccxt's own throttle permits for the candle endpoint (cost recorded from
+  `calculate_rate_limiter_cost` on the live client); achieved = OHLCV requests / wall seconds.
+  Last line `backfill_efficiency=<min over exchanges of achieved/bound>`;
+- `--budget published`: ccxt's throttle off, the limiter paces at `margin` × each exchange's
+  published limit (include/config/budgets.yaml). Per exchange and metered bucket: cost units
+  spent per second ÷ the published rate (binance weight/min, bybit requests/5 s, okx per endpoint
+  per 2 s, coinbase per second, kraken's counter per pair), the 429s and bans the emulator
+  counted, and the wall time beside the same run at ccxt's pace (run first, unless
+  `--no-compare`). Last line `published_limit_efficiency=<min over exchanges>`;
 - correctness: every listed pair got exactly the expected candles (one per interval from the
   window start, or kraken's 720-candle horizon, to the window end; no gap, no duplicate, no
   conflicting twin), and the pairs an exchange does not list are the emulator's "not listed" ones;
-- the projected wall time of a 3-year 1m backfill of 30 symbols at the achieved rates (per
-  exchange; the slowest exchange decides) and at the bound;
-- last line: `backfill_efficiency=<min over exchanges of achieved/bound>`.
-
-`--budget published` (spend the exchanges' published limits instead of ccxt's spacing) is issue 6
-and not implemented yet.
+- the projected wall time of a 3-year 1m backfill of 30 symbols at the achieved rates and at the bound.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
-import traceback
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from candleflow.collect import collect_pair, make_exchange  # noqa: E402
-from candleflow.config import TIMEFRAME_MS, CollectConfig, load_universe, load_yaml  # noqa: E402
+from candleflow import ratelimit  # noqa: E402
+from candleflow.collect import collect_pair_async, make_exchange  # noqa: E402
+from candleflow.config import BUDGETS, TIMEFRAME_MS, CollectConfig, load_pipeline, load_universe, load_yaml  # noqa: E402
 
 CLOCK = "2024-10-30T00:30:00Z"
 EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
@@ -91,6 +92,7 @@ class ExchangeRun:
     charged_ohlcv_ms: float = 0.0
     costs: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    limiter: object = None               # candleflow.ratelimit.Limiter of this exchange
 
     # --- derived -------------------------------------------------------------------------------
     def delta(self, key: str) -> int:
@@ -116,6 +118,27 @@ class ExchangeRun:
     @property
     def efficiency(self) -> float:
         return self.achieved / self.bound if self.bound else 0.0
+
+    def published(self) -> list[tuple[str, float, int, float, float]]:
+        """Per metered bucket: (name, spent units, keys, published units/s over those keys, spent/s ÷ it).
+        A per-endpoint or per-pair bucket allows its rate for each key the run touched."""
+        out = []
+        if self.limiter is None or not self.wall_s:
+            return out
+        keys = self.limiter.snapshot().get("tat", {})
+        for bucket in self.limiter.budget.buckets:
+            spent = self.limiter.stats.spent.get(bucket.name, 0.0)
+            if not spent:
+                continue
+            n = max(1, sum(1 for k in keys if k.split("|", 1)[0] == bucket.name))
+            allowed = bucket.rate * n
+            out.append((bucket.name, spent, n, allowed, spent / self.wall_s / allowed))
+        return out
+
+    @property
+    def published_efficiency(self) -> float:
+        """Achieved ÷ published limit of the bucket the run leaned on most (its binding limit)."""
+        return max((e for *_, e in self.published()), default=0.0)
 
 
 # --- emulator ------------------------------------------------------------------------------------
@@ -162,6 +185,11 @@ class Emulator:
         with urllib.request.urlopen(f"{self.url}/__admin/{what}", timeout=10) as resp:
             return json.loads(resp.read())
 
+    def post(self, what: str, body: dict) -> dict:
+        req = urllib.request.Request(f"{self.url}/__admin/{what}", data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
     def not_listed(self) -> dict[str, set[str]]:
         """{exchange: symbols the emulated exchange does not list} from include/config/emulator.yaml."""
         out: dict[str, set[str]] = {ex: set() for ex in EXCHANGES}
@@ -174,8 +202,9 @@ class Emulator:
 
 # --- one exchange --------------------------------------------------------------------------------
 
-def instrument(client, run: ExchangeRun, timing: threading.Event) -> None:
-    """Record what ccxt charges its throttle, how long it sleeps and how long HTTP takes."""
+def instrument(client, run: ExchangeRun, timing: dict) -> None:
+    """Record what ccxt charges its throttle, how long it sleeps and how long HTTP takes (summed
+    over concurrent requests, so the parts may exceed the wall time)."""
     orig_cost, orig_throttle, orig_fetch, orig_ohlcv = (client.calculate_rate_limiter_cost, client.throttle,
                                                         client.fetch, client.fetch_ohlcv)
 
@@ -184,51 +213,40 @@ def instrument(client, run: ExchangeRun, timing: threading.Event) -> None:
         run.costs[str(path)] = charged
         if str(path).endswith(OHLCV_PATHS):
             run.ohlcv_endpoint, run.ohlcv_cost = str(path), float(charged)
-        if timing.is_set():
+        if timing["on"]:
             run.charged_ms += client.rateLimit * charged
             if str(path).endswith(OHLCV_PATHS):
                 run.charged_ohlcv_ms += client.rateLimit * charged
         return charged
 
-    def throttle(c=None):
+    async def throttle(c=None):
         t = time.perf_counter()
         try:
-            return orig_throttle(c)
+            return await orig_throttle(c)
         finally:
-            if timing.is_set():
+            if timing["on"]:
                 run.throttle_sleep_s += time.perf_counter() - t
 
-    def fetch(*args, **kwargs):
+    async def fetch(*args, **kwargs):
         t = time.perf_counter()
         try:
-            return orig_fetch(*args, **kwargs)
+            return await orig_fetch(*args, **kwargs)
         finally:
-            if timing.is_set():
+            if timing["on"]:
                 run.http_s += time.perf_counter() - t
 
-    def fetch_ohlcv(*args, **kwargs):
+    async def fetch_ohlcv(*args, **kwargs):
         t = time.perf_counter()
         try:
-            return orig_ohlcv(*args, **kwargs)
+            return await orig_ohlcv(*args, **kwargs)
         finally:
             run.ohlcv_calls += 1
             run.ohlcv_call_s += time.perf_counter() - t
 
     client.calculate_rate_limiter_cost, client.throttle = cost, throttle
-    client.fetch, client.fetch_ohlcv = fetch, fetch_ohlcv
-
-
-def time_once(client) -> None:
-    """Experiment (--time-once): ask the exchange's clock once, then derive it from the local clock
-    plus that offset — what collect.py could do instead of one fetch_time per collect_pair call."""
-    orig, offset = client.fetch_time, []
-
-    def fetch_time(params=None):
-        if not offset:
-            offset.append(orig(params or {}) - client.milliseconds())
-        return client.milliseconds() + offset[0]
-
-    client.fetch_time = fetch_time
+    client.fetch_ohlcv = fetch_ohlcv
+    # the limiter (installed later) wraps this fetch: HTTP time excludes the limiter's waits
+    client.fetch = fetch
 
 
 def check_pair(result, start_ms: int, end_ms: int, tf_ms: int) -> tuple[int, str | None]:
@@ -257,40 +275,54 @@ def check_pair(result, start_ms: int, end_ms: int, tf_ms: int) -> tuple[int, str
     return expected, None
 
 
-def run_exchange(run: ExchangeRun, emu: Emulator, symbols: list[str], aliases: dict, quotes, timeframe: str,
-                 start: datetime, end: datetime, cfg: CollectConfig, go: threading.Barrier,
-                 time_once_: bool = False) -> None:
-    timing = threading.Event()
+async def setup_exchange(run: ExchangeRun, emu: Emulator, cfg: CollectConfig, budget: str, state_dir: str):
+    """The exchange's async client (limiter installed), markets loaded; None if that failed."""
+    timing = {"on": False}
     try:
         t0 = time.perf_counter()
+        limiter = ratelimit.limiter_for(run.exchange, replace(cfg, budget=budget), state_dir=state_dir)
         client = make_exchange(run.exchange, mode="emulator", emulator_url=emu.url,
-                               enable_rate_limit=True, timeout_ms=cfg.timeout_ms)
+                               enable_rate_limit=budget == "ccxt", timeout_ms=cfg.timeout_ms, asynchronous=True)
         instrument(client, run, timing)
-        if time_once_:
-            time_once(client)
-        client.load_markets()
+        limiter.install(client)
+        run.limiter = limiter
+        await client.load_markets()
         run.rate_limit_ms = float(client.rateLimit)
         run.setup_s = time.perf_counter() - t0
+        return client, timing
     except Exception as exc:  # noqa: BLE001 - reported, the other exchanges go on
         run.error = f"setup: {type(exc).__name__}: {exc}"
-        go.wait()
-        return
-    go.wait()                               # every exchange starts its timed window together
-    stats = emu.admin("stats")
+        return None, timing
+
+
+async def run_exchange(run: ExchangeRun, client, timing: dict, emu: Emulator, symbols: list[str], aliases: dict,
+                       quotes, timeframe: str, start: datetime, end: datetime, cfg: CollectConfig) -> None:
+    stats = await asyncio.to_thread(emu.admin, "stats")
     run.stats_before = stats["exchanges"][run.exchange]
     run.routes_before = {k: v for k, v in stats.items() if k.startswith(run.exchange + " ")}
-    timing.set()
+    run.limiter.stats = ratelimit.Stats()   # setup requests (markets) are not part of the timed window
+    timing["on"] = True
     tf_ms = TIMEFRAME_MS[timeframe]
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    pairs = asyncio.Semaphore(cfg.pairs_in_flight)
+
+    async def one(symbol: str):
+        async with pairs:
+            try:
+                return symbol, await collect_pair_async(client, symbol, timeframe, start, end, quotes=quotes,
+                                                        names=[symbol, *aliases.get(symbol, ())],
+                                                        page_size=run.page_size, cfg=cfg)
+            except Exception as exc:  # noqa: BLE001
+                return symbol, exc
+
     t0 = time.perf_counter()
-    for symbol in symbols:
-        try:
-            result = collect_pair(run.exchange, symbol, timeframe, start, end, quotes=quotes, mode="emulator",
-                                  emulator_url=emu.url, names=[symbol, *aliases.get(symbol, ())],
-                                  page_size=run.page_size, cfg=cfg, client=client)
-        except Exception as exc:  # noqa: BLE001
+    results = await asyncio.gather(*(one(symbol) for symbol in symbols))
+    run.wall_s = time.perf_counter() - t0
+    timing["on"] = False
+    for symbol, result in results:
+        if isinstance(result, Exception):
             run.pairs += 1
-            run.problems.append(f"{symbol}: {type(exc).__name__}: {str(exc)[:200]}")
+            run.problems.append(f"{symbol}: {type(result).__name__}: {str(result)[:200]}")
             continue
         if result.skipped_reason:
             run.skipped[symbol] = result.skipped_reason
@@ -303,11 +335,28 @@ def run_exchange(run: ExchangeRun, emu: Emulator, symbols: list[str], aliases: d
             run.problems.append(f"{symbol} ({result.market}): {problem}")
         else:
             run.pairs_ok += 1
-    run.wall_s = time.perf_counter() - t0
-    timing.clear()
-    stats = emu.admin("stats")
+    stats = await asyncio.to_thread(emu.admin, "stats")
     run.stats_after = stats["exchanges"][run.exchange]
     run.routes_after = {k: v for k, v in stats.items() if k.startswith(run.exchange + " ")}
+
+
+async def run_all(runs: list[ExchangeRun], emu: Emulator, args, universe, start, end, cfg: CollectConfig,
+                  budget: str) -> float:
+    """Every exchange at once in one event loop; returns the wall time until the last finished."""
+    state_dir = tempfile.mkdtemp(prefix=f"bench-limiter-{budget}-")
+    setups = await asyncio.gather(*(setup_exchange(r, emu, cfg, budget, state_dir) for r in runs))
+    print(f"backfilling {len(args.symbol_list)} symbols × {len(runs)} exchanges, {args.timeframe}, "
+          f"{start.isoformat()} .. {end.isoformat()}, budget {budget} ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(run_exchange(r, client, timing, emu, args.symbol_list, universe.aliases,
+                                            universe.exchanges[r.exchange].quotes, args.timeframe, start, end, cfg)
+                               for r, (client, timing) in zip(runs, setups, strict=True) if client is not None))
+    finally:
+        for client, _ in setups:
+            if client is not None:
+                await client.close()
+    return time.perf_counter() - t0
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -324,8 +373,8 @@ def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, start
            timeframe: str) -> float:
     print()
     print(f"backfill {timeframe} {start.isoformat()} .. {end.isoformat()} ({len(args.symbol_list)} symbols), "
-          f"emulator {args.emulator}, clock {CLOCK}, budget {args.budget}"
-          f"{', EXPERIMENT --time-once' if args.time_once else ''}")
+          f"emulator {args.emulator}, clock {CLOCK}, budget {args.budget_label}"
+          )
     head = (f"{'exchange':9} {'pairs':>5} {'candles':>9} {'req':>5} {'ohlcv':>5} {'wall s':>7} {'candles/s':>10} "
             f"{'req/s':>6} {'ohlcv/s':>7} {'bound/s':>7} {'ach/bnd':>7} {'429':>4} {'ban':>4}")
     print(head)
@@ -417,6 +466,32 @@ def _ccxt_path(route: str, costs: dict[str, float]) -> str:
 
 # --- main ----------------------------------------------------------------------------------------
 
+def report_published(runs: list[ExchangeRun], ccxt_runs: list[ExchangeRun] | None, total_wall: float,
+                     ccxt_wall: float | None) -> float:
+    print("\npublished budget: cost units spent per second ÷ the published limit (include/config/budgets.yaml; "
+          "the limiter's margin is not applied to this ratio)")
+    head = (f"  {'exchange':9} {'bucket':20} {'spent':>8} {'keys':>4} {'limit/s':>8} {'spent/s':>8} {'ach/pub':>7} "
+            f"{'margin':>6} {'429':>4} {'ban':>4} {'wall s':>7} {'ccxt wall s':>11}")
+    print(head)
+    ccxt_by = {r.exchange: r for r in (ccxt_runs or [])}
+    for r in runs:
+        if r.error:
+            print(f"  {r.exchange:9} ERROR {r.error}")
+            continue
+        other = ccxt_by.get(r.exchange)
+        for i, (name, spent, n, allowed, eff) in enumerate(r.published()):
+            tail = (f"{r.delta('rate_limited'):>4} {r.delta('banned'):>4} {r.wall_s:>7.1f} "
+                    f"{(f'{other.wall_s:.1f}' if other else '-'):>11}") if i == 0 else ""
+            print(f"  {r.exchange if i == 0 else '':9} {name:20} {spent:>8.0f} {n:>4} {allowed:>8.2f} "
+                  f"{spent / r.wall_s:>8.2f} {eff:>7.3f} {r.limiter.budget.margin:>6.2f} {tail}")
+    print(f"  full universe, all exchanges at once: {total_wall:.1f} s at the published budget"
+          + (f" vs {ccxt_wall:.1f} s at ccxt's pace ({ccxt_wall / total_wall:.1f}x faster)" if ccxt_wall else ""))
+    print("  (ach/pub of an exchange = its most-used bucket; a per-pair or per-endpoint bucket allows its rate "
+          "once per key the run touched)")
+    ok = [r for r in runs if not r.error]
+    return min((r.published_efficiency for r in ok), default=0.0) if len(ok) == len(runs) else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     universe = load_universe()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -427,20 +502,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=len(universe.symbols),
                         help=f"the first N symbols of the universe (default all {len(universe.symbols)})")
     parser.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated (default all five)")
-    parser.add_argument("--budget", default="ccxt", help="ccxt (default): ccxt's own throttle. published: issue 6")
+    parser.add_argument("--budget", default="ccxt", choices=BUDGETS,
+                        help="ccxt (default): ccxt's own throttle paces. published: the limiter paces at the "
+                             "exchanges' published limits × margin (include/config/budgets.yaml)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="with --budget published: skip the run at ccxt's pace that it is compared with")
     parser.add_argument("--emulator", choices=("inprocess", "subprocess"), default="inprocess",
                         help="run the emulator in this process (default) or in its own process")
-    parser.add_argument("--time-once", action="store_true",
-                        help="experiment: fetch each exchange's clock once and derive it after (collect.py asks per pair)")
+    parser.add_argument("--pairs-in-flight", type=int, help="override collect.pairs_in_flight")
+    parser.add_argument("--requests-in-flight", type=int, help="override collect.requests_in_flight")
     parser.add_argument("-v", "--verbose", action="store_true", help="log collect.py's warnings (retries)")
     args = parser.parse_args(argv)
 
-    if args.budget == "published":
-        print("--budget published is not implemented yet: spending the exchanges' published limits with an "
-              "adaptive limiter is issue 6 (`issues show 6`). Use --budget ccxt (the default).", file=sys.stderr)
-        return 2
-    if args.budget != "ccxt":
-        parser.error(f"--budget {args.budget!r}: use 'ccxt' ('published' is issue 6, not implemented yet)")
     exchanges = [e.strip() for e in args.exchanges.split(",") if e.strip()]
     for e in exchanges:
         if e not in universe.exchanges:
@@ -459,36 +532,34 @@ def main(argv: list[str] | None = None) -> int:
     start = end - span_td
     tf_ms = TIMEFRAME_MS[args.timeframe]
     start = datetime.fromtimestamp(int(start.timestamp() * 1000) // tf_ms * tf_ms / 1000, UTC)
-    cfg = CollectConfig()
+    cfg = load_pipeline().collect
+    overrides = {k: v for k, v in (("pairs_in_flight", args.pairs_in_flight),
+                                   ("requests_in_flight", args.requests_in_flight)) if v}
+    cfg = replace(cfg, **overrides, enable_rate_limit=True)
 
-    runs = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
+    passes = ["ccxt"] if args.budget == "ccxt" else (["published"] if args.no_compare else ["ccxt", "published"])
+    results: dict[str, tuple[list[ExchangeRun], float]] = {}
     with Emulator(args.emulator, CLOCK) as emu:
-        go = threading.Barrier(len(runs) + 1)
-        threads = [threading.Thread(target=_guard, name=f"bench-{r.exchange}",
-                                    args=(run_exchange, r, emu, args.symbol_list, universe.aliases,
-                                          universe.exchanges[r.exchange].quotes, args.timeframe, start, end, cfg, go, args.time_once))
-                   for r in runs]
-        for t in threads:
-            t.start()
-        go.wait()
-        t0 = time.perf_counter()
-        print(f"backfilling {len(args.symbol_list)} symbols × {len(runs)} exchanges, {args.timeframe}, "
-              f"{start.isoformat()} .. {end.isoformat()} ...", flush=True)
-        for t in threads:
-            t.join()
-        total_wall = time.perf_counter() - t0
         not_listed = emu.not_listed()
-    efficiency = report(runs, not_listed, args, start, end, total_wall, args.timeframe)
-    print(f"backfill_efficiency={efficiency:.3f}")
+        for budget in passes:
+            emu.post("limits", {"reset": True})   # each pass starts with the exchanges' windows empty
+            runs = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
+            total_wall = asyncio.run(run_all(runs, emu, args, universe, start, end, cfg, budget))
+            results[budget] = (runs, total_wall)
+    for budget in passes:
+        runs, total_wall = results[budget]
+        args.budget_label = budget
+        efficiency = report(runs, not_listed, args, start, end, total_wall, args.timeframe)
+        if budget == "ccxt" and args.budget == "ccxt":
+            print(f"backfill_efficiency={efficiency:.3f}")
+        elif budget == "ccxt":
+            print(f"(ccxt pace: backfill_efficiency={efficiency:.3f})")
+    if args.budget == "published":
+        runs, total_wall = results["published"]
+        ccxt_runs, ccxt_wall = results.get("ccxt", (None, None))
+        published = report_published(runs, ccxt_runs, total_wall, ccxt_wall)
+        print(f"published_limit_efficiency={published:.3f}")
     return 0
-
-
-def _guard(fn, run: ExchangeRun, *args) -> None:
-    try:
-        fn(run, *args)
-    except Exception as exc:  # noqa: BLE001 - one exchange's crash is reported, not fatal
-        run.error = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
 
 
 if __name__ == "__main__":

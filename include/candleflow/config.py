@@ -114,6 +114,9 @@ class CollectConfig:
     chunk_days: int = 31            # a backfill validates, writes and resumes per chunk of this many days
     overlap_intervals: int = 1      # scheduled runs also re-fetch this many previous intervals (late candles)
     binance_archive: bool = True    # whole past months on binance from data.binance.vision, not REST pages
+    requests_in_flight: int = 8     # concurrent HTTP requests per exchange client (they share its throttle)
+    pairs_in_flight: int = 8        # symbols of one exchange collected at once
+    budget: str = "ccxt"            # ccxt: ccxt's throttle paces; published: the budgets.yaml limiter paces
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ def load_pipeline() -> PipelineConfig:
 def _collect_config(data: dict, where: str) -> CollectConfig:
     data = dict(data)
     data["enable_rate_limit"] = _env_bool("CANDLEFLOW_RATE_LIMIT", bool(data.get("enable_rate_limit", True)))
+    data["budget"] = os.environ.get("CANDLEFLOW_BUDGET", data.get("budget", "ccxt"))
     try:
         cfg = CollectConfig(**data)
     except TypeError as exc:
@@ -216,7 +220,22 @@ def _collect_config(data: dict, where: str) -> CollectConfig:
                           "include/config/pipeline.yaml for the fields") from exc
     if cfg.max_attempts < 1:
         raise ConfigError(f"{where}: collect.max_attempts must be at least 1")
+    for name in ("requests_in_flight", "pairs_in_flight"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: collect.{name} {value!r} is invalid; use a whole number >= 1")
+    parse_budget(cfg.budget, f"{where}: collect.budget")
     return cfg
+
+
+BUDGETS = ("ccxt", "published")
+
+
+def parse_budget(value: Any, where: str = "budget") -> str:
+    if value not in BUDGETS:
+        raise ConfigError(f"{where}: {value!r} is invalid; use 'ccxt' (ccxt's own spacing, conservative) or "
+                          "'published' (the exchange's published limit × the margin in include/config/budgets.yaml)")
+    return value
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -224,6 +243,100 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None:
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class BudgetBucket:
+    """One metered quantity of an exchange's published limit (include/config/budgets.yaml)."""
+
+    name: str
+    type: str                                   # window | counter
+    limit: float                                # window: cost per `seconds`; counter: its maximum
+    seconds: float                              # window length; counter: limit / decay (the drain time)
+    endpoints: tuple[str, ...] | str = "*"
+    except_: tuple[str, ...] = ()
+    weights: dict[str, float] = field(default_factory=dict)
+    per_endpoint: bool = False
+    per_query: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """The sustained rate it allows, cost units per second."""
+        return self.limit / self.seconds
+
+    def cost(self, path: str) -> float | None:
+        """What a request to `path` spends here, or None if this bucket does not meter it."""
+        def match(pattern: str) -> bool:
+            return path.startswith(pattern[:-1]) if pattern.endswith("*") else path == pattern
+
+        if self.endpoints != "*" and not any(match(e) for e in self.endpoints):
+            return None
+        if any(match(e) for e in self.except_):
+            return None
+        return float(self.weights.get(path, self.weights.get("default", 1)))
+
+
+@dataclass(frozen=True)
+class Budget:
+    exchange: str
+    unit: str
+    source: str
+    buckets: tuple[BudgetBucket, ...]
+    margin: float = 0.8
+    steer_at: float = 0.9
+    ban_seconds: float = 600.0
+
+
+def load_budgets() -> tuple[dict[str, Budget], str | None]:
+    """({exchange: Budget}, state_dir) from include/config/budgets.yaml."""
+    where = str(config_dir() / "budgets.yaml")
+    data = load_yaml("budgets.yaml")
+    margin = _fraction(data.get("margin", 0.8), f"{where}: margin")
+    steer_at = _fraction(data.get("steer_at", 0.9), f"{where}: steer_at")
+    budgets = {}
+    for ex_id, ex in (_require(data, "exchanges", where) or {}).items():
+        at = f"{where}: exchanges.{ex_id}"
+        if ex_id not in EXCHANGES:
+            raise ConfigError(f"{at}: not a supported exchange; use one of {', '.join(EXCHANGES)}")
+        ex = ex or {}
+        for name in ("unit", "source"):
+            if not str(ex.get(name) or "").strip():
+                raise ConfigError(f"{at}.{name}: missing; every published limit needs its {name} documented")
+        buckets = []
+        for i, b in enumerate(_require(ex, "buckets", at)):
+            bat = f"{at}.buckets[{i}]"
+            kind = b.get("type", "window")
+            if kind == "window":
+                limit, seconds = _positive(b.get("limit"), f"{bat}.limit"), _positive(b.get("seconds"), f"{bat}.seconds")
+            elif kind == "counter":
+                limit = _positive(b.get("max"), f"{bat}.max")
+                seconds = limit / _positive(b.get("decay_per_second"), f"{bat}.decay_per_second")
+            else:
+                raise ConfigError(f"{bat}.type: {kind!r} is invalid; use 'window' or 'counter'")
+            endpoints = b.get("endpoints", "*")
+            buckets.append(BudgetBucket(
+                name=str(_require(b, "name", bat)), type=kind, limit=limit, seconds=seconds,
+                endpoints=endpoints if endpoints == "*" else tuple(endpoints), except_=tuple(b.get("except", ())),
+                weights={str(k): float(v) for k, v in (b.get("weights") or {}).items()},
+                per_endpoint=bool(b.get("per_endpoint", False)), per_query=b.get("per_query")))
+        budgets[ex_id] = Budget(
+            exchange=ex_id, unit=str(ex["unit"]), source=str(ex["source"]), buckets=tuple(buckets),
+            margin=_fraction(ex.get("margin", margin), f"{at}.margin"), steer_at=steer_at,
+            ban_seconds=_positive(ex.get("ban_seconds", 600), f"{at}.ban_seconds"))
+    state_dir = os.environ.get("CANDLEFLOW_LIMITER_STATE_DIR", data.get("state_dir"))
+    return budgets, state_dir
+
+
+def _fraction(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(f"{where}: {value!r} is invalid; use a share of the published limit in (0, 1], e.g. 0.8")
+    return float(value)
+
+
+def _positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where}: {value!r} is invalid; use a positive number")
+    return float(value)
 
 
 def load_training() -> TrainingConfig:

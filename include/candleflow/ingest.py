@@ -18,6 +18,7 @@ layer decides what fails the task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -110,25 +111,41 @@ def _keep_unserved(s3, lake_cfg: LakeConfig, exchange: str, symbol: str, timefra
     return merged.drop_duplicates("ts", keep="last").sort_values("ts").reset_index(drop=True)
 
 
-def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names, page_size, cfg) -> int | None:
+class _SyncView:
+    """A blocking view of an async ccxt client for code that runs in a worker thread
+    (`candleflow.listing`): its requests still go through the client's throttle and limiter."""
+
+    def __init__(self, client, loop):
+        self._client, self._loop = client, loop
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def fetch_ohlcv(self, *args, **kwargs):
+        return asyncio.run_coroutine_threadsafe(self._client.fetch_ohlcv(*args, **kwargs), self._loop).result()
+
+
+async def _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes, names, page_size, cfg) -> int | None:
     """The pair's first candle (cached in the lake), so a backfill spends no request before it.
     None when unknown: the chunks are then fetched from their start, as without discovery."""
     import ccxt
 
     from candleflow import listing
-    from candleflow.collect import _with_retries, exchange_now, resolve_market
+    from candleflow.collect import _with_retries, exchange_now, load_markets, resolve_market
 
     if exchange == "kraken":
         return None
     counter = [0]
     try:
-        _with_retries(client.load_markets, f"{exchange} load_markets", cfg, counter)
+        await load_markets(client, cfg, counter)
         market, _ = resolve_market(client, symbol, quotes, names)
         if market is None:
             return None
-        return listing.first_candle(s3, bucket, client, exchange, symbol, market, timeframe, page_size=page_size,
-                                    now_ms=exchange_now(client, cfg, counter),
-                                    retry=lambda call, what: _with_retries(call, what, cfg, counter))
+        now_ms = await exchange_now(client, cfg, counter)
+        view = _SyncView(client, asyncio.get_running_loop())
+        return await asyncio.to_thread(
+            listing.first_candle, s3, bucket, view, exchange, symbol, market, timeframe, page_size=page_size,
+            now_ms=now_ms, retry=lambda call, what: _with_retries(call, what, cfg, counter))
     except ccxt.BaseError as exc:  # the chunks will meet (and record) the same error, if it persists
         log.warning("%s %s: listing date unknown (%s: %s); fetching from the window's start",
                     exchange, symbol, type(exc).__name__, str(exc)[:200])
@@ -156,43 +173,109 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
                     start: datetime, end: datetime, quotes: list[str], page_size: int, mode: str,
                     emulator_url: str | None, collect_cfg: CollectConfig, force: bool = False,
                     chunk: timedelta | None = None, names: dict[str, list[str]] | None = None,
-                    client=None) -> ExchangeReport:
-    from candleflow import quality
-    from candleflow.collect import collect_pair, make_exchange
+                    limiter=None) -> ExchangeReport:
+    """Synchronous entry point (Airflow tasks): runs `ingest_exchange_async` in its own event loop."""
+    return asyncio.run(ingest_exchange_async(
+        s3, lake_cfg, exchange=exchange, symbols=symbols, timeframe=timeframe, start=start, end=end, quotes=quotes,
+        page_size=page_size, mode=mode, emulator_url=emulator_url, collect_cfg=collect_cfg, force=force, chunk=chunk,
+        names=names, limiter=limiter))
 
-    tf_ms = TIMEFRAME_MS[timeframe]
-    report = ExchangeReport(exchange, timeframe, start.isoformat(), end.isoformat())
+
+async def ingest_exchange_async(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[str], timeframe: str,
+                                start: datetime, end: datetime, quotes: list[str], page_size: int, mode: str,
+                                emulator_url: str | None, collect_cfg: CollectConfig, force: bool = False,
+                                chunk: timedelta | None = None, names: dict[str, list[str]] | None = None,
+                                client=None, limiter=None) -> ExchangeReport:
+    """One exchange's symbols over [start, end): `collect.pairs_in_flight` symbols at once on one
+    async ccxt client (one throttle, one limiter), each symbol's chunks in order. The blocking
+    stages (GX, S3) run in worker threads so the event loop keeps fetching meanwhile.
+
+    `limiter`: a `candleflow.ratelimit.Limiter`; by default one is built from the config
+    (`collect.budget`, include/config/budgets.yaml) unless ccxt's throttle is switched off."""
+    from candleflow.collect import make_exchange
+
     archive_base_url = None
     if exchange == "binance" and collect_cfg.binance_archive:
         from candleflow.archive import LIVE_BASE_URL
 
         archive_base_url = f"{emulator_url.rstrip('/')}/binance-archive" if mode == "emulator" else LIVE_BASE_URL
-    client = client or make_exchange(exchange, mode=mode, emulator_url=emulator_url,
-                                     enable_rate_limit=collect_cfg.enable_rate_limit,
-                                     timeout_ms=collect_cfg.timeout_ms)
+    own_client = client is None
+    if own_client:
+        if limiter is None and collect_cfg.enable_rate_limit:
+            from candleflow import ratelimit
+
+            limiter = ratelimit.limiter_for(exchange, collect_cfg, mode=mode)
+        client = make_exchange(exchange, mode=mode, emulator_url=emulator_url,
+                               enable_rate_limit=collect_cfg.enable_rate_limit and collect_cfg.budget == "ccxt",
+                               timeout_ms=collect_cfg.timeout_ms, asynchronous=True, limiter=limiter)
     if chunk:  # scheduled runs: their interval and the overlap intervals before it, each on its own
         chunks = [(start + chunk * i, min(end, start + chunk * (i + 1)))
                   for i in range(math.ceil((end - start) / chunk))]
     else:
         chunks = chunk_window(start, end, collect_cfg.chunk_days)
     progress = _Progress(f"{exchange} {timeframe}", len(chunks) * len(symbols))
-    bucket = lake_cfg.bucket
-    for symbol in symbols:
+    pairs = asyncio.Semaphore(collect_cfg.pairs_in_flight)
+    job = _SymbolJob(s3, lake_cfg, exchange, timeframe, quotes, page_size, collect_cfg, force, chunk, chunks,
+                     names or {}, archive_base_url, client, progress)
+
+    async def one(symbol: str) -> list[ChunkOutcome]:
+        async with pairs:
+            return await job.run(symbol)
+
+    try:
+        outcomes = await asyncio.gather(*(one(symbol) for symbol in symbols))
+    finally:
+        if own_client:
+            await client.close()
+    report = ExchangeReport(exchange, timeframe, start.isoformat(), end.isoformat(),
+                            chunks=[c for per_symbol in outcomes for c in per_symbol])
+    log.info(report.summary())
+    return report
+
+
+@dataclass
+class _SymbolJob:
+    """Everything one symbol's chunks need; `run` collects them in order."""
+
+    s3: object
+    lake_cfg: LakeConfig
+    exchange: str
+    timeframe: str
+    quotes: list[str]
+    page_size: int
+    collect_cfg: CollectConfig
+    force: bool
+    chunk: timedelta | None
+    chunks: list[tuple[datetime, datetime]]
+    names: dict[str, list[str]]
+    archive_base_url: str | None
+    client: object
+    progress: _Progress
+
+    async def run(self, symbol: str) -> list[ChunkOutcome]:
+        import ccxt
+
+        from candleflow.collect import collect_pair_async
+
+        s3, bucket, exchange, timeframe = self.s3, self.lake_cfg.bucket, self.exchange, self.timeframe
+        tf_ms, chunks, progress = TIMEFRAME_MS[timeframe], self.chunks, self.progress
+        outcomes: list[ChunkOutcome] = []
         # Scheduled runs (`chunk` given) always fetch: their point is to catch late candles.
-        ledger = [] if force or chunk else coverage.read_entries(
-            s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe)
-        listed_ms = None if chunk else _listed_from(s3, bucket, client, exchange, symbol, timeframe, quotes,
-                                                         (names or {}).get(symbol), page_size, collect_cfg)
+        ledger = [] if self.force or self.chunk else await asyncio.to_thread(
+            coverage.read_entries, s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        listed_ms = None if self.chunk else await _listed_from(
+            s3, bucket, self.client, exchange, symbol, timeframe, self.quotes, self.names.get(symbol), self.page_size,
+            self.collect_cfg)
         for lo, hi in chunks:
             outcome = ChunkOutcome(symbol, lo.isoformat(), hi.isoformat(), "failed")
-            report.chunks.append(outcome)
+            outcomes.append(outcome)
             if ledger and _chunk_complete(ledger, lo, hi, tf_ms):
                 outcome.status, outcome.detail = "complete", "already complete in the lake"
                 progress.step(f"{symbol} {lo:%Y-%m-%d} already complete")
                 continue
             if listed_ms is not None and int(hi.timestamp() * 1000) <= listed_ms:
                 # before the pair's first candle: nothing to ask the exchange for
-                coverage.write_entries(s3, bucket, coverage.build_entries(
+                await asyncio.to_thread(coverage.write_entries, s3, bucket, coverage.build_entries(
                     exchange=exchange, symbol=symbol, timeframe=timeframe, tf_ms=tf_ms, window_start=lo,
                     window_end=hi, present_ms=[], market=None, status="complete",
                     reasons=[(int(lo.timestamp() * 1000), listed_ms, "not_listed")]))
@@ -203,14 +286,10 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
             if listed_ms is not None and int(lo.timestamp() * 1000) < listed_ms:
                 fetch_from = datetime.fromtimestamp(listed_ms / 1000, UTC)
             try:
-                result = collect_pair(exchange, symbol, timeframe, fetch_from, hi, quotes=quotes, mode=mode,
-                                      names=(names or {}).get(symbol), archive_base_url=archive_base_url,
-                                      emulator_url=emulator_url, page_size=page_size, cfg=collect_cfg, client=client)
-            except Exception as exc:  # noqa: BLE001 - one symbol's exchange error must not stop the others
-                import ccxt
-
-                if not isinstance(exc, ccxt.BaseError):
-                    raise
+                result = await collect_pair_async(self.client, symbol, timeframe, fetch_from, hi, quotes=self.quotes,
+                                                  names=self.names.get(symbol), archive_base_url=self.archive_base_url,
+                                                  page_size=self.page_size, cfg=self.collect_cfg)
+            except ccxt.BaseError as exc:  # one symbol's exchange error must not stop the others
                 outcome.detail = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log.error("%s %s %s → %s failed: %s", exchange, symbol, outcome.start, outcome.end, outcome.detail)
                 progress.step(f"{symbol} failed")
@@ -219,52 +298,63 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
             outcome.expected, outcome.missing = result.expected, result.missing
             for note in result.notes:
                 log.warning("%s %s: %s", exchange, symbol, note)
-            entry_args = dict(exchange=exchange, symbol=symbol, timeframe=timeframe, tf_ms=tf_ms, window_start=lo,
-                              window_end=hi, market=result.market)
             if result.skipped_reason:
                 outcome.status, outcome.detail = "skipped", result.skipped_reason
                 log.info("%s %s skipped: %s", exchange, symbol, result.skipped_reason)
-                coverage.write_entries(s3, bucket, coverage.build_entries(
-                    present_ms=[], status="not_listed", **entry_args))
+                await asyncio.to_thread(coverage.write_entries, s3, bucket, coverage.build_entries(
+                    exchange=exchange, symbol=symbol, timeframe=timeframe, tf_ms=tf_ms, window_start=lo,
+                    window_end=hi, market=None, present_ms=[], status="not_listed"))
                 progress.step(f"{symbol} not listed")
                 # a symbol the exchange does not list is not listed in the other chunks either
                 for later_lo, later_hi in chunks[chunks.index((lo, hi)) + 1:]:
-                    report.chunks.append(ChunkOutcome(symbol, later_lo.isoformat(), later_hi.isoformat(), "skipped",
-                                                      detail=result.skipped_reason))
+                    outcomes.append(ChunkOutcome(symbol, later_lo.isoformat(), later_hi.isoformat(), "skipped",
+                                                 detail=result.skipped_reason))
                     progress.step(f"{symbol} not listed")
                 break
-            if result.served_from_ms is not None and result.served_from_ms > int(lo.timestamp() * 1000):
-                # kraken's window rolls forward: candles an earlier run fetched before its horizon
-                # are no longer served. Keep them, or a re-run would delete history from the lake.
-                result.candles = _keep_unserved(s3, lake_cfg, exchange, symbol, timeframe, lo,
-                                                result.served_from_ms, result.candles)
-            label = f"{exchange} {result.market} {timeframe} {lo.isoformat()} → {hi.isoformat()}"
-            checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label)
-            reasons = []
-            if fetch_from > lo:
-                reasons.append((int(lo.timestamp() * 1000), int(fetch_from.timestamp() * 1000), "not_listed"))
-            if result.served_from_ms is not None:
-                reasons.append((int(lo.timestamp() * 1000), result.served_from_ms, "not_served"))
-            if result.closed_end_ms is not None:
-                reasons.append((result.closed_end_ms, int(hi.timestamp() * 1000), "not_closed"))
-            present = result.candles["ts"].astype("int64").tolist() if len(result.candles) else []
-            if not checked.success:
-                key = lake.quarantine_batch(s3, bucket, result.candles, checked.to_json(), exchange=exchange,
-                                            symbol=symbol, timeframe=timeframe, market=result.market,
-                                            window_start=lo, window_end=hi, prefix=lake_cfg.quarantine_prefix)
-                outcome.status, outcome.keys = "quarantined", [key]
-                outcome.detail = f"{checked.summary} Quarantined at s3://{bucket}/{key}."
-                log.error(outcome.detail)
-                coverage.write_entries(s3, bucket, coverage.build_entries(
-                    present_ms=[], status="quarantined", **entry_args))
-                progress.step(f"{symbol} quarantined")
-                continue
-            written = lake.write_batch(s3, bucket, result.candles, exchange=exchange, symbol=symbol,
-                                       timeframe=timeframe, market=result.market, window_start=lo, window_end=hi,
-                                       prefix=lake_cfg.ohlcv_prefix)
-            coverage.write_entries(s3, bucket, coverage.build_entries(
-                present_ms=present, status="complete", reasons=reasons, **entry_args))
-            outcome.status, outcome.rows, outcome.keys = "published", sum(o.rows for o in written), [o.key for o in written]
-            progress.step(f"{symbol} {outcome.rows} candles")
-    log.info(report.summary())
-    return report
+            # GX and S3 block: a worker thread, while the loop keeps the other symbols fetching
+            await asyncio.to_thread(_publish_chunk, s3, self.lake_cfg, result, outcome, lo, hi, fetch_from)
+            progress.step(f"{symbol} {outcome.status}" if outcome.status != "published"
+                          else f"{symbol} {outcome.rows} candles")
+        return outcomes
+
+
+def _publish_chunk(s3, lake_cfg: LakeConfig, result, outcome: ChunkOutcome, lo: datetime, hi: datetime,
+                   fetch_from: datetime) -> None:
+    """Check one collected chunk, then publish it (or quarantine it) and write its ledger entries."""
+    from candleflow import quality
+
+    exchange, symbol, timeframe = result.exchange, result.symbol, result.timeframe
+    tf_ms, bucket = TIMEFRAME_MS[timeframe], lake_cfg.bucket
+    entry_args = dict(exchange=exchange, symbol=symbol, timeframe=timeframe, tf_ms=tf_ms, window_start=lo,
+                      window_end=hi, market=result.market)
+    if result.served_from_ms is not None and result.served_from_ms > int(lo.timestamp() * 1000):
+        # kraken's window rolls forward: candles an earlier run fetched before its horizon
+        # are no longer served. Keep them, or a re-run would delete history from the lake.
+        result.candles = _keep_unserved(s3, lake_cfg, exchange, symbol, timeframe, lo,
+                                        result.served_from_ms, result.candles)
+    label = f"{exchange} {result.market} {timeframe} {lo.isoformat()} → {hi.isoformat()}"
+    checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label)
+    reasons = []
+    if fetch_from > lo:
+        reasons.append((int(lo.timestamp() * 1000), int(fetch_from.timestamp() * 1000), "not_listed"))
+    if result.served_from_ms is not None:
+        reasons.append((int(lo.timestamp() * 1000), result.served_from_ms, "not_served"))
+    if result.closed_end_ms is not None:
+        reasons.append((result.closed_end_ms, int(hi.timestamp() * 1000), "not_closed"))
+    present = result.candles["ts"].astype("int64").tolist() if len(result.candles) else []
+    if not checked.success:
+        key = lake.quarantine_batch(s3, bucket, result.candles, checked.to_json(), exchange=exchange,
+                                    symbol=symbol, timeframe=timeframe, market=result.market,
+                                    window_start=lo, window_end=hi, prefix=lake_cfg.quarantine_prefix)
+        outcome.status, outcome.keys = "quarantined", [key]
+        outcome.detail = f"{checked.summary} Quarantined at s3://{bucket}/{key}."
+        log.error(outcome.detail)
+        coverage.write_entries(s3, bucket, coverage.build_entries(
+            present_ms=[], status="quarantined", **entry_args))
+        return
+    written = lake.write_batch(s3, bucket, result.candles, exchange=exchange, symbol=symbol,
+                               timeframe=timeframe, market=result.market, window_start=lo, window_end=hi,
+                               prefix=lake_cfg.ohlcv_prefix)
+    coverage.write_entries(s3, bucket, coverage.build_entries(
+        present_ms=present, status="complete", reasons=reasons, **entry_args))
+    outcome.status, outcome.rows, outcome.keys = "published", sum(o.rows for o in written), [o.key for o in written]

@@ -1,0 +1,299 @@
+"""An adaptive request limiter per exchange, shared by every collector of that exchange on a host.
+
+One `Limiter` sits in front of every HTTP request of an async ccxt client (`install` wraps the
+client's `fetch` and reads each answer through `on_rest_response`). Its state lives in a small
+JSON file per exchange under the state directory (include/config/budgets.yaml `state_dir`),
+read-modify-written under an exclusive `flock`, so concurrent Airflow tasks — separate processes
+— spend one budget between them instead of one each. (ccxt's own throttle lives in one client;
+Airflow pools bound how many tasks touch an exchange, this bounds how fast they go together.)
+
+What it does with a request:
+
+- **pace** (budget `published`): each metered bucket of the exchange's published limit
+  (budgets.yaml: binance weight per minute, bybit requests per 5 s, okx per endpoint per 2 s,
+  coinbase per second, kraken's decaying call counter per pair) is a GCRA (virtual scheduling):
+  a sustained rate of `margin × limit / window` and a burst of `(1 - margin) / 2 × limit`
+  (counters: `margin × max`), so any sliding window holds at most `(1 + margin) / 2` of the limit
+  and a counter never exceeds its maximum. Each request reserves its slot, then sleeps until it.
+  With budget `ccxt` ccxt's throttle paces and the limiter only steers and handles refusals.
+- **steer**: binance's `X-MBX-USED-WEIGHT-1M` above `steer_at × limit`, or bybit's
+  `X-Bapi-Limit-Status` below `(1 - steer_at) × limit`, means someone else spends the IP's budget
+  too: every collector holds until the excess has drained (bybit: its reset timestamp).
+- **429** (or bybit retCode 10006, kraken `EAPI:Rate limit exceeded`): hold for `Retry-After`
+  (or one window) and halve the pace; it recovers linearly over a minute (AIMD).
+- **ban** (binance 418, bybit 403): stop the exchange for every process until the ban's
+  `Retry-After` (or `ban_seconds`) has passed, alert once, then resume. The request that met the
+  ban fails as ccxt raises it (a `NetworkError`): the collector's retry waits here and re-sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+from candleflow.config import Budget, BudgetBucket, CollectConfig, ConfigError, load_budgets
+
+log = logging.getLogger(__name__)
+
+RECOVERY_SECONDS = 60.0     # a halved pace is back to full after this long without a refusal
+MIN_FACTOR = 0.1
+
+
+def default_state_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "candleflow-limiter"
+
+
+def ban_payload(exchange: str, seconds: float, status: int, url: str) -> dict:
+    """The alert for a ban: Slack-compatible `text` plus structured fields (as `candleflow.alerts`)."""
+    text = (f":octagonal_sign: candleflow: {exchange} banned this IP (HTTP {status}) for {seconds:.0f} s; "
+            f"every collector of {exchange} stops until it ends, then resumes. Request: {url}")
+    return {"text": text, "candleflow": {"event": "exchange_banned", "exchange": exchange, "status": status,
+                                         "seconds": seconds, "url": url}}
+
+
+@dataclass
+class Stats:
+    """What this process's limiter saw (the bench and the tests read it)."""
+
+    requests: int = 0
+    spent: Counter = field(default_factory=Counter)     # bucket name → cost units
+    rate_limited: int = 0
+    bans: int = 0
+    waited_s: float = 0.0
+    first_at: float | None = None
+    last_at: float | None = None
+
+
+class Limiter:
+    """One exchange's limiter. `pace=False` (budget ccxt): steering and refusal handling only."""
+
+    def __init__(self, budget: Budget, state_dir: str | os.PathLike | None = None, *, pace: bool = True,
+                 alert: Callable[[dict], None] | None = None, path_prefix: str | None = None):
+        self.budget, self.pace, self.alert = budget, pace, alert
+        self.exchange = budget.exchange
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.state_dir / f"{self.exchange}.json"
+        self.lock_path = self.state_dir / f"{self.exchange}.lock"
+        # in emulator mode every route is served under /<exchange>/...
+        self.path_prefix = path_prefix if path_prefix is not None else f"/{self.exchange}/"
+        self.stats = Stats()
+
+    # --- the shared state ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    state = json.loads(self.path.read_text() or "{}")
+                except (FileNotFoundError, ValueError):
+                    state = {}
+                state.setdefault("tat", {})
+                yield state
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(state))
+                os.replace(tmp, self.path)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def reset(self) -> None:
+        with self._locked() as state:
+            state.clear()
+            state["tat"] = {}
+
+    def snapshot(self) -> dict:
+        with self._locked() as state:
+            return json.loads(json.dumps(state))
+
+    @staticmethod
+    def _factor(state: dict, now: float) -> float:
+        factor, at = state.get("factor", 1.0), state.get("factor_at", now)
+        return min(1.0, factor + (1 - MIN_FACTOR) * max(0.0, now - at) / RECOVERY_SECONDS)
+
+    # --- requests -------------------------------------------------------------------------------
+    def _route(self, url: str) -> tuple[str, dict]:
+        parts = urlsplit(url)
+        path = parts.path
+        if self.path_prefix and path.startswith(self.path_prefix):
+            path = path[len(self.path_prefix) - 1:]
+        return path, dict(parse_qsl(parts.query))
+
+    def _charges(self, url: str) -> list[tuple[str, BudgetBucket, float]]:
+        path, query = self._route(url)
+        out = []
+        for bucket in self.budget.buckets:
+            cost = bucket.cost(path)
+            if cost is None:
+                continue
+            key = bucket.name
+            if bucket.per_endpoint:
+                key += "|" + path
+            if bucket.per_query:
+                key += "|" + query.get(bucket.per_query, "")
+            out.append((key, bucket, cost))
+        return out
+
+    def _reserve(self, url: str, now: float) -> tuple[float, bool]:
+        """(seconds to wait, whether a slot was reserved). Blocked by a hold or ban: nothing is
+        reserved and the caller asks again when it ends; otherwise the slot is taken and the
+        caller sends once the wait is over."""
+        charges = self._charges(url) if self.pace else []
+        with self._locked() as state:
+            blocked = max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
+            if blocked > now:
+                return blocked - now, False
+            factor = self._factor(state, now)
+            send_at = now
+            plans = []
+            for key, bucket, cost in charges:
+                rate = bucket.rate * self.budget.margin * factor
+                burst = (self.budget.margin if bucket.type == "counter" else (1 - self.budget.margin) / 2) \
+                    * bucket.limit
+                tat = max(state["tat"].get(key, 0.0), now)
+                # GCRA: the request may go once the bucket's theoretical arrival time, minus the
+                # burst tolerance, is reached
+                send_at = max(send_at, tat - burst / rate)
+                plans.append((key, rate, cost))
+            for key, rate, cost in plans:
+                state["tat"][key] = max(state["tat"].get(key, 0.0), send_at) + cost / rate
+            return send_at - now, True
+
+    async def acquire(self, url: str) -> None:
+        """Wait until this request may be sent (its budget slot, and no hold or ban in force)."""
+        while True:
+            wait, reserved = self._reserve(url, time.time())
+            if wait > 0:
+                self.stats.waited_s += wait
+                await asyncio.sleep(wait)
+            if not reserved:
+                continue
+            # the reserved slot is ours unless a hold or ban started while we slept
+            if wait <= 0 or self._blocked_until() <= time.time():
+                break
+        self.stats.requests += 1
+        for _key, bucket, cost in self._charges(url):
+            self.stats.spent[bucket.name] += cost
+        stamp = time.time()
+        self.stats.first_at = self.stats.first_at or stamp
+        self.stats.last_at = stamp
+
+    def _blocked_until(self) -> float:
+        with self._locked() as state:
+            return max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
+
+    # --- answers --------------------------------------------------------------------------------
+    def observe(self, url: str, status: int, headers: dict | None, body: str | None) -> None:
+        """Steer by what the exchange said about its limit (called for every answer)."""
+        headers = {str(k).lower(): v for k, v in (headers or {}).items()}
+        now = time.time()
+        retry_after = _seconds(headers.get("retry-after"))
+        text = body if isinstance(body, str) else ""
+        if status == 418 or (status == 403 and self.exchange == "bybit"):
+            self._banned(now, retry_after or self.budget.ban_seconds, status, url)
+            return
+        if status == 429 or '"retCode":10006' in text.replace(" ", "") or "EAPI:Rate limit exceeded" in text:
+            self._refused(now, retry_after, url, _seconds(headers.get("x-bapi-limit-reset-timestamp")))
+            return
+        hold = self._steer(headers, now)
+        if hold:
+            with self._locked() as state:
+                state["hold_until"] = max(state.get("hold_until", 0.0), hold)
+
+    def _steer(self, headers: dict, now: float) -> float | None:
+        budget = self.budget
+        if "x-mbx-used-weight-1m" in headers:
+            bucket = budget.buckets[0]
+            used = _seconds(headers["x-mbx-used-weight-1m"]) or 0.0
+            excess = used - budget.steer_at * bucket.limit
+            if excess > 0:
+                return now + excess / bucket.rate   # until the window has shed the excess
+        if "x-bapi-limit-status" in headers:
+            limit = _seconds(headers.get("x-bapi-limit")) or budget.buckets[0].limit
+            remaining = _seconds(headers["x-bapi-limit-status"])
+            if remaining is not None and remaining < (1 - budget.steer_at) * limit:
+                reset = (_seconds(headers.get("x-bapi-limit-reset-timestamp")) or 0.0) / 1000.0
+                return max(reset, now + 1.0 / budget.buckets[0].rate)
+        return None
+
+    def _refused(self, now: float, retry_after: float | None, url: str, reset_ms: float | None = None) -> None:
+        self.stats.rate_limited += 1
+        windows = [b.seconds for b in self.budget.buckets if b.type == "window"]
+        if retry_after is not None:
+            wait = retry_after
+        elif reset_ms:                      # bybit: when a slot frees
+            wait = max(0.0, reset_ms / 1000.0 - now)
+        else:                               # okx, coinbase: one window; kraken's counter: one decay step
+            wait = min(windows) if windows else 1.0
+        with self._locked() as state:
+            state["hold_until"] = max(state.get("hold_until", 0.0), now + wait)
+            state["factor"] = max(MIN_FACTOR, self._factor(state, now) / 2)
+            state["factor_at"] = now
+            state["refusals"] = state.get("refusals", 0) + 1
+        log.warning("%s refused a request (rate limited): every collector holds %.1f s and halves its pace (%s)",
+                    self.exchange, wait, url)
+
+    def _banned(self, now: float, seconds: float, status: int, url: str) -> None:
+        until = now + seconds
+        with self._locked() as state:
+            new = state.get("banned_until", 0.0) < until - 1.0   # not a ban another collector already saw
+            state["banned_until"] = max(state.get("banned_until", 0.0), until)
+            state["factor"] = max(MIN_FACTOR, self._factor(state, now) / 2)
+            state["factor_at"] = now
+            if new:
+                state["bans"] = state.get("bans", 0) + 1
+        if not new:
+            return
+        self.stats.bans += 1
+        payload = ban_payload(self.exchange, seconds, status, url)
+        log.error(payload["text"])
+        if self.alert is not None:
+            try:
+                self.alert(payload)
+            except Exception as exc:  # noqa: BLE001 - a broken alert channel must not stop the wait
+                log.error("ban alert could not be delivered: %s", exc)
+
+    # --- ccxt -------------------------------------------------------------------------------------
+    def install(self, client) -> None:
+        """Route every HTTP request of the async ccxt `client` through this limiter."""
+        orig_fetch, orig_on_response = client.fetch, client.on_rest_response
+
+        async def fetch(url, method="GET", headers=None, body=None):
+            await self.acquire(url)
+            return await orig_fetch(url, method, headers, body)
+
+        def on_rest_response(code, reason, url, method, headers, body, request_headers, request_body):
+            self.observe(url, code, headers, body)
+            return orig_on_response(code, reason, url, method, headers, body, request_headers, request_body)
+
+        client.fetch, client.on_rest_response = fetch, on_rest_response
+        client._candleflow_limiter = self
+
+
+def _seconds(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def limiter_for(exchange: str, cfg: CollectConfig, *, alert: Callable[[dict], None] | None = None,
+                state_dir: str | os.PathLike | None = None, mode: str = "emulator") -> Limiter:
+    """The limiter of `exchange` for `cfg.budget`: pacing at the published budget, or (ccxt)
+    steering and refusal handling behind ccxt's own throttle."""
+    budgets, configured_dir = load_budgets()
+    if exchange not in budgets:
+        raise ConfigError(f"include/config/budgets.yaml: exchanges.{exchange} is missing; add its published limit")
+    return Limiter(budgets[exchange], state_dir or configured_dir, pace=cfg.budget == "published", alert=alert,
+                   path_prefix=None if mode == "emulator" else "")
