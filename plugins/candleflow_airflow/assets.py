@@ -13,3 +13,8 @@ OHLCV_BY_TIMEFRAME = {
     for tf in ("1m", "5m", "15m", "1h")
 }
 MODELS = Asset(name="candleflow_models", group="candleflow", extra={"registry": "mlflow"})
+# Features (candleflow.features): one event per features run; its extra names the symbols, timeframe, dates.
+FEATURES = Asset(name="candleflow_features", group="candleflow", extra={"table": "features"})
+# Perpetuals (candleflow.derivatives): one asset per lake table, updated once per derivatives_ingest run.
+FUNDING = Asset(name="candleflow_funding", group="candleflow", extra={"table": "funding"})
+OPEN_INTEREST = Asset(name="candleflow_open_interest", group="candleflow", extra={"table": "open_interest"})

@@ -118,7 +118,9 @@ class Venue:
         not a candle request."""
         field = self.candle_routes.get(pattern)
         if field is None:
-            return None
+            # the perpetuals' history requests take the same per-symbol faults as candle requests
+            field = self.derivative_routes.get(pattern)
+            return None if field is None else (self.perp_symbol_for(query.get(field, "")) or "")
         market_id = args[0] if field == "*" and args else query.get(field, "")
         return self.symbol_for(market_id) or ""
 
@@ -127,6 +129,7 @@ class Venue:
         raise NotImplementedError
 
     newest_first = False  # the order the venue serves a page in
+    derivative_routes: dict[str, str] = {}  # funding / open-interest history route -> query field naming the perp
 
     # perpetuals ------------------------------------------------------------------------------
     def perp_id(self, symbol: str) -> str:
@@ -144,14 +147,22 @@ class Venue:
         hi = now if hi is None else min(hi, now)
         retained = self.derivatives.retention_start(self.name, "funding", now)
         lo = max(x for x in (lo, retained, 0) if x is not None)
-        return self.derivatives.funding(self.name, symbol, lo, hi + 1) if lo <= hi else np.empty((0, 3))
+        rows = self.derivatives.funding(self.name, symbol, lo, hi + 1) if lo <= hi else np.empty((0, 3))
+        return self._outages(symbol, rows)
 
     def oi_rows(self, symbol: str, period_ms: int, lo: int | None, hi: int | None) -> np.ndarray:
         now = self.now_ms()
         hi = now if hi is None else min(hi, now)
         retained = self.derivatives.retention_start(self.name, "open_interest", now)
         lo = max(x for x in (lo, retained, 0) if x is not None)
-        return self.derivatives.open_interest(self.name, symbol, period_ms, lo, hi + 1) if lo <= hi else np.empty((0, 3))
+        rows = self.derivatives.open_interest(self.name, symbol, period_ms, lo, hi + 1) if lo <= hi else np.empty((0, 3))
+        return self._outages(symbol, rows)
+
+    def _outages(self, symbol: str, rows: np.ndarray) -> np.ndarray:
+        """An `outage` fault removes settlements and statistics too: nothing exists in [from, to)."""
+        for lo, hi in self.faults.outages(self.name, symbol):
+            rows = rows[(rows[:, 0] < lo) | (rows[:, 0] >= hi)]
+        return rows
 
 
 def _rate(x: float) -> str:
@@ -172,6 +183,7 @@ class Binance(Venue):
         return f"{self.ticker(symbol)}{self.spec.quote}"
 
     candle_routes = {"/api/v3/klines": "symbol"}
+    derivative_routes = {"/fapi/v1/fundingRate": "symbol", "/futures/data/openInterestHist": "symbol"}
 
     def candle_list(self, body):
         return body if isinstance(body, list) else None
@@ -500,6 +512,7 @@ class Kraken(Venue):
 class Bybit(Venue):
     name = "bybit"
     candle_routes = {"/v5/market/kline": "symbol"}
+    derivative_routes = {"/v5/market/funding/history": "symbol", "/v5/market/open-interest": "symbol"}
     newest_first = True
 
     def candle_list(self, body):
@@ -629,6 +642,8 @@ class Bybit(Venue):
 class Okx(Venue):
     name = "okx"
     candle_routes = {"/api/v5/market/candles": "instId", "/api/v5/market/history-candles": "instId"}
+    derivative_routes = {"/api/v5/public/funding-rate-history": "instId",
+                         "/api/v5/rubik/stat/contracts/open-interest-history": "instId"}
     newest_first = True
 
     def candle_list(self, body):
