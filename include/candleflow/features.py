@@ -456,6 +456,19 @@ def fetch_fear_greed(url: str, timeout: float = 15.0) -> pd.DataFrame:
     return frame.drop_duplicates("day", keep="first").sort_values("day").reset_index(drop=True)
 
 
+def stage_fear_greed(s3, bucket: str, key: str, frame: pd.DataFrame, source: str) -> None:
+    """Keep one fetch of the index for every task of a run (one request to the source per run)."""
+    body = {"source": source, "day": _epoch_ms(frame["day"]).tolist(), "value": frame["value"].tolist()}
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+
+
+def read_staged_fear_greed(s3, bucket: str, key: str) -> tuple[pd.DataFrame, str]:
+    body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    frame = pd.DataFrame({"day": pd.to_datetime(np.array(body["day"], dtype="int64"), unit="ms", utc=True)
+                          .astype("datetime64[ms, UTC]"), "value": np.array(body["value"], dtype="float64")})
+    return frame, body["source"]
+
+
 # -- lake in, lake out -------------------------------------------------------------------------------
 def _day_floor(dt: datetime) -> datetime:
     dt = dt.astimezone(UTC)
@@ -476,30 +489,41 @@ def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def _key_date(key: str) -> str | None:
+def _key_within(key: str, first: str, last: str) -> bool:
+    """Whether an object's time partition (date=YYYY-MM-DD or month=YYYY-MM) meets [first, last] (dates)."""
     for part in key.split("/"):
         if part.startswith("date="):
-            return part[5:]
-    return None
+            return first <= part[5:] <= last
+        if part.startswith("month="):
+            return first[:7] <= part[6:] <= last[:7]
+    return True
 
 
-def read_funding(s3, bucket: str, cfg: FeaturesConfig, symbol: str, start: datetime,
+def read_funding(s3, bucket: str, cfg: FeaturesConfig, symbol: str, exchanges, start: datetime,
                  end: datetime) -> tuple[pd.DataFrame | None, list[str]]:
-    """The symbol's funding settlements in [start, end), or (None, []) where none are collected yet."""
+    """The symbol's funding settlements in [start, end) on these exchanges, with their object keys,
+    or (None, []) where none are collected (yet): funding_rate then stays null."""
     if not cfg.funding_table:
         return None, []
     try:
         spec = lake.table_spec(cfg.funding_table)
     except (ImportError, KeyError) as err:
-        log.info("funding: no %s table yet (%s); funding_rate stays null", cfg.funding_table, err)
+        log.info("funding: no %s table (%s); funding_rate stays null", cfg.funding_table, err)
         return None, []
-    filters = {"symbol": symbol} if "symbol" in spec.partition_keys else {}
-    frame, keys = lake.read_table(s3, bucket, spec, start=start, end=end, **filters)
-    if frame.empty:
+    frames, keys = [], []
+    for exchange in sorted(exchanges):
+        filters = {k: v for k, v in (("exchange", exchange), ("symbol", symbol)) if k in spec.partition_keys}
+        frame, used = lake.read_table(s3, bucket, spec, start=start, end=end, **filters)
+        if "exchange" in frame.columns:
+            frame = frame[frame["exchange"] == exchange]
+        if "symbol" in frame.columns:
+            frame = frame[frame["symbol"] == symbol]
+        if not frame.empty:
+            frames.append(frame)
+            keys += used
+    if not frames:
         return None, []
-    if "symbol" in frame.columns:
-        frame = frame[frame["symbol"] == symbol]
-    return frame, keys
+    return pd.concat(frames, ignore_index=True), keys
 
 
 def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime, end: datetime, *,
@@ -525,7 +549,8 @@ def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime
     if not candles.empty:
         candles["ts"] = candles["ts"].astype("datetime64[ms, UTC]")
         candles = candles.sort_values(["ts", "exchange"], kind="stable").reset_index(drop=True)
-    funding, funding_keys = read_funding(s3, bucket, cfg, symbol, read_start - DAY, days[-1] + DAY)
+    # a row takes a settlement at most one interval old: the day before is plenty
+    funding, funding_keys = read_funding(s3, bucket, cfg, symbol, exchanges, days[0] - DAY, days[-1] + DAY)
     times = candles["ts"].astype("int64").to_numpy() if not candles.empty else np.array([], "int64")
     spec = TABLE_SPECS["features"]
     summaries = []
@@ -535,9 +560,10 @@ def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime
         features = compute_features(window, timeframe=timeframe, cfg=cfg, funding=funding, fear_greed=fear_greed)
         features = features[(features["ts"] >= day) & (features["ts"] < day + DAY)]
         first, last = (day - warmup).strftime("%Y-%m-%d"), (day + DAY + horizon - timedelta(milliseconds=1)).strftime("%Y-%m-%d")
-        sources = sorted(k for k in keys if first <= (_key_date(k) or "") <= last)
-        if funding_keys:
-            sources += sorted(funding_keys)
+        first_day = day.strftime("%Y-%m-%d")
+        # only the objects this day's rows can depend on, so the list does not depend on batching either
+        sources = sorted(k for k in keys if _key_within(k, first, last))
+        sources += sorted(k for k in funding_keys if _key_within(k, (day - DAY).strftime("%Y-%m-%d"), first_day))
         if fear_greed_source:
             sources.append(fear_greed_source)
         written = lake.write_partition(
