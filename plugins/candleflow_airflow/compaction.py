@@ -1,0 +1,56 @@
+"""The `lake_compaction` task graph: plan the finished days of the run's data interval, then one
+mapped `compact` task per exchange merges each (symbol, timeframe, date) partition's parts into one
+object (candleflow.compaction). XCom carries counts only."""
+
+from __future__ import annotations
+
+from airflow.sdk import get_current_context, task
+
+
+@task
+def plan_compaction() -> list[dict]:
+    """One request per exchange of the universe: the finished UTC days of the data interval, plus
+    `lookback_days` days before it (parts written late, after the day's first compaction)."""
+    from datetime import timedelta
+
+    from candleflow.config import ConfigError, load_universe
+
+    ctx = get_current_context()
+    start, end = ctx["data_interval_start"], ctx["data_interval_end"]
+    lookback = ctx["params"].get("lookback_days", 1)
+    if not isinstance(lookback, int) or lookback < 0:
+        raise ConfigError(f"params.lookback_days {lookback!r}: use a whole number of days >= 0")
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=lookback)
+    dates = []
+    while day + timedelta(days=1) <= end:  # only days the interval has finished
+        dates.append(day.strftime("%Y-%m-%d"))
+        day += timedelta(days=1)
+    return [{"exchange": exchange, "dates": dates} for exchange in load_universe().exchanges]
+
+
+@task(map_index_template="{{ exchange_label }}")
+def compact(request: dict) -> dict:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from candleflow import compaction, lake
+    from candleflow.config import load_pipeline
+
+    cfg = load_pipeline()
+    get_current_context()["exchange_label"] = request["exchange"]
+    s3 = S3Hook(aws_conn_id=cfg.lake.aws_conn_id).get_conn()
+    spec = lake.ohlcv_spec(cfg.lake.ohlcv_prefix)
+    totals = {"exchange": request["exchange"], "dates": request["dates"], "partitions": 0, "compacted": 0,
+              "objects_merged": 0, "parts_kept": 0, "rows": 0}
+    for date in request["dates"]:
+        for result in compaction.compact_day(s3, cfg.lake.bucket, spec, date, exchange=request["exchange"]):
+            totals["partitions"] += 1
+            if result.status == "compacted":
+                totals["compacted"] += 1
+                totals["objects_merged"] += result.merged
+                totals["rows"] += result.rows
+                totals["parts_kept"] += len(result.kept)
+    return totals
+
+
+def lake_compaction_graph() -> None:
+    compact.expand(request=plan_compaction())

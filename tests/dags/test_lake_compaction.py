@@ -1,0 +1,71 @@
+"""The lake_compaction DAG with dag.test() against the moto server: per exchange, the finished
+day of the data interval and the lookback day become one object per partition; the unfinished
+day and other prefixes are untouched; a re-run changes nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from candleflow import lake
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _hourly(s3, bucket, exchange, symbol, day, hours=24):
+    for h in range(hours):
+        lo = day + timedelta(hours=h)
+        close = 100.0 + h
+        frame = pd.DataFrame({"ts": [pd.Timestamp(lo)], "open": [close], "high": [close + 1], "low": [close - 1],
+                              "close": [close], "volume": [1.0]})
+        lake.write_batch(s3, bucket, frame, exchange=exchange, symbol=symbol, timeframe="1h", market=f"{symbol}/USDT",
+                         window_start=lo, window_end=lo + timedelta(hours=1))
+
+
+def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db, local_stack, s3_client, bucket,
+                                                                      monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.settings import Session
+
+    for key, value in {**local_stack.pipeline_env(), "CANDLEFLOW_LAKE_BUCKET": bucket}.items():
+        monkeypatch.setenv(key, value)
+    day = datetime(2024, 10, 20, tzinfo=UTC)
+    for exchange, symbol in (("binance", "BTC"), ("binance", "ETH"), ("okx", "BTC")):
+        for d in (day - timedelta(days=1), day, day + timedelta(days=1)):
+            _hourly(s3_client, bucket, exchange, symbol, d, hours=24 if d <= day else 3)
+    s3_client.put_object(Bucket=bucket, Key="coverage/exchange=okx/symbol=BTC/timeframe=1h/date=2024-10-20/w.json",
+                         Body=b"{}")
+    before = lake.read(s3_client, bucket, timeframe="1h")
+    dag = DagBag(dag_folder=str(REPO / "dags" / "lake_compaction.py")).get_dag("lake_compaction")
+
+    # a manual run at 10-21 00:15 covers the interval that just ended: [10-20 00:15, 10-21 00:15)
+    run = dag.test(logical_date=day + timedelta(days=1, minutes=15))
+    assert run.state == "success"
+    assert (run.data_interval_start, run.data_interval_end) == (day + timedelta(minutes=15),
+                                                                day + timedelta(days=1, minutes=15))
+    with Session() as session:
+        tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances(session=session)}
+    assert [tis[("compact", i)].state for i in range(5)] == ["success"] * 5
+    listing = lake.list_objects(s3_client, bucket)
+    by_partition: dict[str, list[str]] = {}
+    for key in listing:
+        path, name = key.rsplit("/", 1)
+        by_partition.setdefault(path, []).append(name)
+    for path, names in by_partition.items():
+        if path.startswith("coverage/"):
+            assert names == ["w.json"]
+        elif path.endswith("date=2024-10-21"):
+            assert len(names) == 3 and all(n.startswith("part-") for n in names), path  # not finished: left alone
+        else:
+            assert names == ["compacted.parquet"], path  # 10-20 and the lookback day 10-19
+    assert len(by_partition) == 3 * 3 + 1
+    after = lake.read(s3_client, bucket, timeframe="1h")
+    pd.testing.assert_frame_equal(after, before)
+    assert np.array_equal(after.groupby(["exchange", "symbol"]).size().to_numpy(), [51, 51, 51])
+
+    again = dag.test(logical_date=day + timedelta(days=1, minutes=15))
+    assert again.state == "success"
+    assert lake.list_objects(s3_client, bucket) == listing
