@@ -1,68 +1,54 @@
-"""Data quality of an OHLCV batch with Great Expectations 1.x.
+"""The per-batch GX 1.x suite of an OHLCV batch (`validate_ohlcv`).
 
-The suite (every batch, before anything reaches the lake):
-- schema: exactly the columns ts, open, high, low, close, volume; ts a timestamp, prices floats;
-- not null: every column;
-- OHLC consistency: high >= max(open, close), low <= min(open, close);
-- volume >= 0;
-- timestamps: unique, strictly increasing, aligned to the timeframe.
+Rules (severity and thresholds in include/config/quality.yaml, see docs/quality.md):
+- schema: exactly ts, open, high, low, close, volume; ts a timestamp, the others float64;
+- not_null; ohlc_consistency (high >= max(open, close), low <= min(open, close)); volume >= 0;
+- timestamps: unique, strictly increasing, aligned to the timeframe;
+- repeated_candle: a candle identical to the previous one (OHLC and a non-zero volume) under a
+  later timestamp;
+- continuity: the share of the window's candles that are missing;
+- stale_price: runs of identical OHLC with zero volume longer than `max_run`;
+- return_outliers: |log return − rolling median| beyond k × rolling MAD.
 
 GX's Airflow provider does not support Airflow 3, so the suite runs from the task through GX's
-ephemeral context on a pandas frame. Two derived columns (`ts_ms`, the open time in ms, and its
-`ts_offset_ms` from the timeframe grid) and two (`oc_max`, `oc_min`) let plain GX expectations
-express the rules. A failure yields a one-paragraph summary naming each failed expectation, how
-many rows it hit and example rows; `QualityError` carries it out of the task.
-
-Also a command: `python -m candleflow.quality check PATH --timeframe TF` checks any candle file
-(parquet, CSV, feather; ms or ISO timestamps; any row order) and exits 1 when the suite fails.
+ephemeral context on a pandas frame. Derived columns, computed once with vectorised pandas (in
+time order, then put back in the batch's own row order so GX's examples point at real rows), let
+plain GX expectations express every rule: `ts_ms`/`ts_offset_ms`, `oc_max`/`oc_min`,
+`repeats_previous`, `stale_run` and `return_score`. One validation per batch: GX's cost is a
+fixed ~15 ms per expectation, whatever the rows, so the suite has no expectation it does not need.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from candleflow.config import TIMEFRAME_MS, parse_timeframe
+from candleflow.quality.report import QualityReport, describe_failures, summarise
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# pandas and GX are imported inside the functions: the DAGs' retry policy names QualityError, so
-# the dag processor imports this module on every parse and must not pay for them.
+    from candleflow.quality.settings import QualityConfig
+
 COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 PRICE_COLUMNS = ["open", "high", "low", "close"]
-
-
-class QualityError(Exception):
-    """A batch failed its quality suite; retrying cannot fix the data, so tasks fail fast on it."""
-
-
-@dataclass
-class QualityReport:
-    success: bool
-    evaluated_expectations: int
-    failed: list[dict] = field(default_factory=list)
-    row_count: int = 0
-    summary: str = ""
-    gx_result: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"success": self.success, "evaluated_expectations": self.evaluated_expectations,
-                "row_count": self.row_count, "failed": self.failed, "summary": self.summary,
-                "gx_result": self.gx_result}
-
+DERIVED = ["ts_ms", "ts_offset_ms", "oc_max", "oc_min", "repeats_previous", "stale_run", "return_score"]
+GX_SEVERITY = {"error": "critical", "warn": "warning"}
 
 _CONTEXT = None
+_SUITES: dict[tuple, object] = {}
 # GX's ephemeral context, its data asset and batch definition are shared objects: two threads
-# validating at once would validate each other's dataframes. Tasks are processes, but benchmarks
-# and tests run collectors in threads, so validations are serialised (GX holds the GIL anyway).
-_GX_LOCK = threading.RLock()
+# validating at once would validate each other's dataframes. Tasks are processes, but the ingest
+# checks chunks in worker threads and tests run collectors in threads, so validations are
+# serialised (GX holds the GIL anyway).
+GX_LOCK = threading.RLock()
 
 
-def _gx():
+def gx_context():
     """GX imported lazily (seconds of import) with its chatty logger and progress bars off."""
     global _CONTEXT
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -76,32 +62,62 @@ def _gx():
     return gx, _CONTEXT
 
 
-def build_suite(timeframe: str, name: str = "ohlcv_batch"):
-    gx, _ = _gx()
+def dataframe_batch_definition(context, asset_name: str):
+    """The whole-dataframe batch definition of a pandas asset, created on first use."""
+    try:
+        asset = context.data_sources.get("candleflow").get_asset(asset_name)
+    except Exception:  # noqa: BLE001 - GX raises its own not-found types
+        try:
+            source = context.data_sources.get("candleflow")
+        except Exception:  # noqa: BLE001
+            source = context.data_sources.add_pandas("candleflow")
+        asset = source.add_dataframe_asset(asset_name)
+        asset.add_batch_definition_whole_dataframe("whole")
+    return asset.get_batch_definition("whole")
+
+
+def build_suite(timeframe: str, config: QualityConfig, name: str | None = None):
+    """The batch suite of a timeframe under a configuration (rules that are `off` are left out)."""
+    gx, _ = gx_context()
     import great_expectations.expectations as gxe
 
-    suite = gx.ExpectationSuite(name=name)
-    add = suite.add_expectation
-    add(gxe.ExpectTableColumnsToMatchSet(column_set=[*COLUMNS, "ts_ms", "ts_offset_ms", "oc_max", "oc_min"],
-                                         exact_match=True))
-    add(gxe.ExpectColumnValuesToBeOfType(column="ts", type_="Timestamp"))
-    for column in COLUMNS:
-        add(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    suite = gx.ExpectationSuite(name=name or f"ohlcv_batch_{timeframe}")
+
+    def add(rule: str, expectation) -> None:
+        severity = config.severity(rule)
+        if severity == "off":
+            return
+        expectation.severity = GX_SEVERITY[severity]
+        expectation.meta = {"rule": rule, "severity": severity}
+        suite.add_expectation(expectation)
+
+    add("schema", gxe.ExpectTableColumnsToMatchSet(column_set=[*COLUMNS, *DERIVED], exact_match=True))
+    add("schema", gxe.ExpectColumnValuesToBeOfType(column="ts", type_="Timestamp"))
     for column in [*PRICE_COLUMNS, "volume"]:
-        add(gxe.ExpectColumnValuesToBeOfType(column=column, type_="float64"))
-    add(gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="oc_max", or_equal=True,
-                                                    ignore_row_if="either_value_is_missing"))
-    add(gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="oc_min", column_B="low", or_equal=True,
-                                                    ignore_row_if="either_value_is_missing"))
-    add(gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0))
-    add(gxe.ExpectColumnValuesToBeUnique(column="ts_ms"))
-    add(gxe.ExpectColumnValuesToBeIncreasing(column="ts_ms", strictly=True))
-    add(gxe.ExpectColumnValuesToBeInSet(column="ts_offset_ms", value_set=[0]))
-    del timeframe  # the grid is in the derived column; kept in the signature for per-timeframe suites
+        add("schema", gxe.ExpectColumnValuesToBeOfType(column=column, type_="float64"))
+    for column in COLUMNS:
+        add("not_null", gxe.ExpectColumnValuesToNotBeNull(column=column))
+    add("ohlc_consistency", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+        column_A="high", column_B="oc_max", or_equal=True, ignore_row_if="either_value_is_missing"))
+    add("ohlc_consistency", gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+        column_A="oc_min", column_B="low", or_equal=True, ignore_row_if="either_value_is_missing"))
+    add("volume_non_negative", gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0))
+    add("timestamps", gxe.ExpectColumnValuesToBeUnique(column="ts_ms"))
+    add("timestamps", gxe.ExpectColumnValuesToBeIncreasing(column="ts_ms", strictly=True))
+    add("timestamps", gxe.ExpectColumnValuesToBeInSet(column="ts_offset_ms", value_set=[0]))
+    add("repeated_candle", gxe.ExpectColumnValuesToBeInSet(column="repeats_previous", value_set=[0]))
+    # the window's expected count differs per batch: a suite parameter, resolved at validation
+    add("continuity", gxe.ExpectTableRowCountToBeBetween(min_value={"$PARAMETER": "continuity_min_rows"}))
+    add("stale_price", gxe.ExpectColumnValuesToBeBetween(column="stale_run",
+                                                         max_value=config.batch["stale_price"]["max_run"]))
+    add("return_outliers", gxe.ExpectColumnValuesToBeBetween(column="return_score",
+                                                             max_value=config.batch["return_outliers"]["k"]))
     return suite
 
 
-def _derived(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+def derive(candles: pd.DataFrame, timeframe: str, config: QualityConfig) -> pd.DataFrame:
+    """The batch plus the derived columns the suite's expectations read (same row order)."""
+    import numpy as np
     import pandas as pd
 
     frame = candles.reset_index(drop=True).copy()
@@ -111,147 +127,136 @@ def _derived(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     prices = frame.reindex(columns=["open", "close"])
     frame["oc_max"] = prices.max(axis=1, skipna=False)
     frame["oc_min"] = prices.min(axis=1, skipna=False)
+
+    n = len(frame)
+    repeats = np.zeros(n, dtype="int64")
+    stale = np.zeros(n, dtype="int64")
+    score = np.full(n, np.nan)
+    values = frame.reindex(columns=[*PRICE_COLUMNS, "volume"])
+    if n > 1 and all(pd.api.types.is_numeric_dtype(values[c]) for c in values):
+        # in time order (the rules are about consecutive candles), scattered back to the rows
+        order = np.argsort(frame["ts_ms"].to_numpy(), kind="stable")
+        t = frame["ts_ms"].to_numpy()[order]
+        ohlcv = values.to_numpy(dtype="float64")[order]
+        ohlc, volume = ohlcv[:, :4], ohlcv[:, 4]
+        same_ohlc = np.r_[False, (ohlc[1:] == ohlc[:-1]).all(axis=1)]
+        later = np.r_[False, t[1:] != t[:-1]]
+        repeated = same_ohlc & later & np.r_[False, volume[1:] == volume[:-1]] & (volume > 0)
+        repeats[order] = repeated.astype("int64")
+        # stale: maximal runs of identical OHLC whose candles all have zero volume; each row of a
+        # run carries the run's length (0 outside runs)
+        zero = volume == 0
+        starts = ~(same_ohlc & zero & np.r_[False, zero[:-1]])
+        run_id = np.cumsum(starts)
+        lengths = np.bincount(run_id, weights=zero.astype("float64"))
+        stale[order] = np.where(zero, lengths[run_id], 0).astype("int64")
+        rule = config.batch["return_outliers"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_close = np.log(np.where(ohlcv[:, 3] > 0, ohlcv[:, 3], np.nan))
+        returns = pd.Series(np.r_[np.nan, np.diff(log_close)])
+        window, min_periods = int(rule["window"]), int(rule["min_periods"])
+        # trailing statistics of the *previous* returns: a jump does not hide itself
+        past = returns.shift(1)
+        median = past.rolling(window, min_periods=min_periods).median()
+        mad = (past - median).abs().rolling(window, min_periods=min_periods).median()
+        floor = rule["min_abs_return"] / rule["k"] if rule["k"] else 0.0
+        scale = np.maximum(mad.to_numpy(), floor)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.abs(returns.to_numpy() - median.to_numpy()) / scale
+        s[~np.isfinite(s)] = np.nan
+        score[order] = s
+    frame["repeats_previous"] = repeats
+    frame["stale_run"] = stale
+    frame["return_score"] = score
     return frame
 
 
-def _describe(result, frame: pd.DataFrame) -> dict:
-    cfg = result.expectation_config
-    kwargs = {k: v for k, v in cfg.kwargs.items() if k in ("column", "column_A", "column_B", "type_", "value_set",
-                                                            "min_value", "column_set")}
-    res = result.result or {}
-    failure = {"expectation": cfg.type, **kwargs,
-               "unexpected_count": res.get("unexpected_count"), "observed_value": res.get("observed_value")}
-    index = res.get("partial_unexpected_index_list")
-    if index:
-        failure["examples"] = frame.loc[index[:3], COLUMNS].astype(str).to_dict("records")
+def continuity(ts_ms, timeframe: str, window: tuple[int, int] | None) -> dict:
+    """Expected and present candles of the window ([first, last] of the batch when None), and the
+    first missing spans."""
+    import numpy as np
+
+    tf = TIMEFRAME_MS[timeframe]
+    t = np.unique(np.asarray(ts_ms, dtype="int64"))
+    t = t[t % tf == 0]
+    if window is None:
+        if not len(t):
+            return {"expected": 0, "present": 0, "missing": 0, "ratio": 0.0, "gaps": []}
+        lo, hi = int(t[0]), int(t[-1]) + tf
     else:
-        failure["examples"] = [str(v) for v in (res.get("partial_unexpected_list") or [])[:3]]
-    return failure
+        lo, hi = int(window[0]), int(window[1])
+        lo = -(-lo // tf) * tf
+    t = t[(t >= lo) & (t < hi)]
+    expected = max(0, -(-(hi - lo) // tf))
+    present = len(t)
+    bounds = np.r_[lo - tf, t, hi]
+    steps = np.diff(bounds) // tf - 1
+    gaps = [(int(bounds[i] + tf), int(steps[i])) for i in np.flatnonzero(steps > 0)[:3]]
+    missing = max(0, expected - present)
+    return {"expected": int(expected), "present": int(present), "missing": int(missing),
+            "ratio": (missing / expected) if expected else 0.0, "gaps": gaps,
+            "gap_count": int((steps > 0).sum())}
 
 
-_RULES = {
-    "expect_table_columns_to_match_set": "the columns are not exactly ts, open, high, low, close, volume",
-    "expect_column_values_to_be_of_type": "{column} is not of type {type_}",
-    "expect_column_values_to_not_be_null": "{column} has nulls",
-    "expect_column_pair_values_a_to_be_greater_than_b": "{column_A} < {column_B}",
-    "expect_column_values_to_be_between": "{column} below {min_value}",
-    "expect_column_values_to_be_unique": "timestamps repeat",
-    "expect_column_values_to_be_increasing": "timestamps are not strictly increasing",
-    "expect_column_values_to_be_in_set": "timestamps off the timeframe grid",
-}
-_NAMES = {"oc_max": "max(open, close)", "oc_min": "min(open, close)"}
+def _as_ms(value) -> int:
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return int(value)
 
 
-def _sentence(failure: dict) -> str:
-    template = _RULES.get(failure["expectation"], failure["expectation"])
-    words = template.format(**{k: _NAMES.get(v, v) if isinstance(v, str) else v
-                               for k, v in failure.items() if isinstance(v, (str, int, float))} | {
-        "column": _NAMES.get(failure.get("column"), failure.get("column")),
-        "type_": failure.get("type_"), "min_value": failure.get("min_value")})
-    count = failure.get("unexpected_count")
-    rows = f" in {count} row(s)" if count else ""
-    examples = failure.get("examples") or []
-    example = f", e.g. {examples[0]}" if examples else ""
-    return f"{words}{rows} ({failure['expectation']}){example}"
+def validate_ohlcv(candles: pd.DataFrame, timeframe: str, *, context_label: str = "batch",
+                   window: tuple | None = None, config: QualityConfig | None = None) -> QualityReport:
+    """Run the suite on one batch; never raises on bad data (the report says what failed).
 
+    `window` = (start, end) the batch should cover (datetimes or ms) for the continuity rule; by
+    default the span from its first to its last candle. `report.success` is False only when an
+    error-level rule failed; warn-level failures are in `report.warnings`."""
+    from candleflow.quality.settings import load_quality
 
-def validate_ohlcv(candles: pd.DataFrame, timeframe: str, *, context_label: str = "batch") -> QualityReport:
-    """Run the suite on one batch; never raises on bad data (the report says what failed)."""
     timeframe = parse_timeframe(timeframe, "timeframe")
-    frame = _derived(candles, timeframe)
-    with _GX_LOCK:
-        return _validate(frame, timeframe, context_label)
+    config = config or load_quality()
+    frame = derive(candles, timeframe, config)
+    span = None if window is None else (_as_ms(window[0]), _as_ms(window[1]))
+    gaps = continuity(frame["ts_ms"], timeframe, span)
+    max_ratio = config.batch["continuity"]["max_missing_ratio"]
+    min_rows = max(0, math.ceil(gaps["expected"] * (1 - max_ratio) - 1e-9))
+    with GX_LOCK:
+        result, evaluated = _run(frame, timeframe, config, {"continuity_min_rows": min_rows})
+    failed = describe_failures(result, frame, COLUMNS, gaps, timeframe)
+    summary = summarise(context_label, failed, evaluated, len(frame))
+    return QualityReport(success=not any(f["severity"] == "error" for f in failed), evaluated_expectations=evaluated,
+                         failed=failed, row_count=len(frame), summary=summary, gx_result=clean_result(result),
+                         continuity=gaps)
 
 
-def _validate(frame, timeframe: str, context_label: str) -> QualityReport:
-    _, context = _gx()
-    name = f"ohlcv_{timeframe}"
-    try:
-        suite = context.suites.get(name)
-    except Exception:  # noqa: BLE001 - GX raises its own not-found type
-        suite = context.suites.add(build_suite(timeframe, name))
-    try:
-        asset = context.data_sources.get("candles").get_asset("batch")
-    except Exception:  # noqa: BLE001
-        asset = context.data_sources.add_pandas("candles").add_dataframe_asset("batch")
-        asset.add_batch_definition_whole_dataframe("whole")
-    batch = asset.get_batch_definition("whole").get_batch(batch_parameters={"dataframe": frame})
+def _run(frame, timeframe: str, config: QualityConfig, parameters: dict):
+    _, context = gx_context()
+    key = (timeframe, repr(sorted((k, v.severity, sorted(v.params.items())) for k, v in config.batch.items())))
+    suite = _SUITES.get(key)
+    if suite is None:
+        suite = context.suites.add_or_update(build_suite(timeframe, config))
+        _SUITES.clear()  # one suite per name in the context: a changed config replaces it
+        _SUITES[key] = suite
+    batch = dataframe_batch_definition(context, "batch").get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(suite, result_format={"result_format": "COMPLETE", "partial_unexpected_count": 3,
-                                                  "include_unexpected_rows": False})
-    failed = [_describe(r, frame) for r in result.results if not r.success]
-    stats = result.statistics
-    evaluated = int(stats["evaluated_expectations"])
-    if failed:
-        summary = (f"Quality check failed for {context_label}: {len(failed)} of {evaluated} expectations failed "
-                   f"on {len(frame)} candles — " + "; ".join(_sentence(f) for f in failed) + ".")
-    else:
-        summary = f"Quality check passed for {context_label}: {evaluated} expectations on {len(frame)} candles."
+                                                  "include_unexpected_rows": False},
+                            expectation_parameters=parameters)
+    return result, int(result.statistics["evaluated_expectations"])
+
+
+def clean_result(result) -> dict:
+    """GX's result as JSON, deterministic (no load times, no run ids) and bounded in size: full
+    unexpected lists can be huge; counts and the first examples stay."""
     gx_json = json.loads(json.dumps(result.to_json_dict(), default=str))
-    for item in gx_json.get("results", []):  # full unexpected lists can be huge; counts and examples stay
+    meta = gx_json.get("meta") or {}
+    for key in ("batch_markers", "run_id", "validation_time", "checkpoint_id", "batch_spec"):
+        meta.pop(key, None)
+    for item in gx_json.get("results", []):
         res = item.get("result") or {}
-        for key in ("unexpected_list", "unexpected_index_list", "partial_unexpected_counts"):
+        for key in ("unexpected_list", "unexpected_index_list", "partial_unexpected_counts", "unexpected_index_query"):
             res.pop(key, None)
-    return QualityReport(success=bool(result.success), evaluated_expectations=evaluated, failed=failed,
-                         row_count=len(frame), summary=summary, gx_result=gx_json)
-
-
-# -- the command line -----------------------------------------------------------------------------
-def read_candle_file(path: str) -> pd.DataFrame:
-    """Any candle file as ts/open/high/low/close/volume: parquet, CSV or feather; the time column
-    may be called ts, date, time, timestamp or open_time, in ms, s or ISO text."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    elif suffix in (".feather", ".arrow"):
-        frame = pd.read_feather(path)
-    elif suffix in (".csv", ".txt"):
-        frame = pd.read_csv(path)
-    else:
-        raise ValueError(f"PATH: {path} has an unknown extension; use .parquet, .csv or .feather")
-    frame = frame.rename(columns={c: c.lower() for c in frame.columns})
-    time_col = next((c for c in ("ts", "date", "time", "timestamp", "open_time", "datetime") if c in frame), None)
-    if time_col is None:
-        raise ValueError(f"PATH: {path} has no time column; name it ts, date or timestamp")
-    raw = frame.pop(time_col)
-    if pd.api.types.is_numeric_dtype(raw):
-        unit = "ms" if raw.abs().max() > 1e11 else "s"
-        ts = pd.to_datetime(raw, unit=unit, utc=True)
-    else:
-        ts = pd.to_datetime(raw, utc=True)
-    frame.insert(0, "ts", ts.astype("datetime64[ms, UTC]"))
-    missing = [c for c in COLUMNS if c not in frame]
-    if missing:
-        raise ValueError(f"PATH: {path} lacks column(s) {', '.join(missing)}")
-    for column in COLUMNS[1:]:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    return frame[COLUMNS]
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m candleflow.quality",
-                                     description="Check a candle file with the pipeline's GX suite.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate one file; exit 1 if the suite fails")
-    check.add_argument("path")
-    check.add_argument("--timeframe", required=True, help="1m, 5m, 15m or 1h")
-    check.add_argument("--json", action="store_true", help="print the full report as JSON")
-    args = parser.parse_args(argv)
-    try:
-        frame = read_candle_file(args.path)
-        report = validate_ohlcv(frame, args.timeframe, context_label=args.path)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report.to_json(), indent=2, default=str) if args.json else report.summary)
-    return 0 if report.success else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        item.get("expectation_config", {}).pop("id", None)
+    # GX returns results in no fixed order: sort them, so equal batches give equal bytes
+    gx_json["results"] = sorted(gx_json.get("results", []), key=lambda r: json.dumps(r.get("expectation_config"),
+                                                                                     sort_keys=True))
+    return gx_json

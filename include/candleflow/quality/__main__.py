@@ -1,0 +1,3 @@
+from candleflow.quality.cli import main
+
+raise SystemExit(main())
