@@ -400,3 +400,27 @@ def test_a_day_without_candles_leaves_no_object(s3_client, bucket, cfg):
                             cfg=cfg)
     assert done[0]["date"] == "2024-08-02" and done[0]["key"] is None and done[0]["rows"] == 0
     assert lake.list_objects(s3_client, bucket, "features/") == {}
+
+
+def test_funding_from_the_lakes_funding_table_where_collected(s3_client, bucket, cfg):
+    from candleflow import lake
+
+    cfg = replace(cfg, warmup_days=1)
+    _seed_lake(s3_client, bucket, make_candles(hours=24 * 4))
+    settlements = pd.date_range("2024-08-01", "2024-08-05", freq="8h", tz="UTC", inclusive="left")
+    rates = np.linspace(1e-4, 2e-4, len(settlements))
+    lake.write_partition(s3_client, bucket, "funding", pd.DataFrame({
+        "market": "BTC/USDT:USDT", "ts": settlements, "funding_rate": rates, "interval_hours": 8, "mark_price": None,
+    }), partition={"exchange": "binance", "symbol": "BTC", "month": "2024-08"})
+    day = datetime(2024, 8, 3, tzinfo=UTC)
+    done = F.build_features(s3_client, bucket, "BTC", "1h", day, day + timedelta(days=1), exchanges=list(EXCHANGES),
+                            cfg=cfg)
+    frame, _ = F.load_training_frame(s3_client, bucket, "BTC", "1h", day, day + timedelta(days=1))
+    binance = frame[frame["exchange"] == "binance"].set_index("ts")["funding_rate"]
+    # 08:00 closes at 09:00: the 08:00 settlement is the last known one
+    assert binance[pd.Timestamp("2024-08-03T08:00Z")] == pytest.approx(rates[list(settlements).index(
+        pd.Timestamp("2024-08-03T08:00Z"))])
+    assert binance.notna().all()
+    assert frame[frame["exchange"] != "binance"]["funding_rate"].isna().all()   # not collected there
+    sources = F.object_sources(s3_client, bucket, done[0]["key"])
+    assert "funding/exchange=binance/symbol=BTC/month=2024-08/part-00000.parquet" in sources
