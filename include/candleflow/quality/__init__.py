@@ -17,10 +17,11 @@ pyarrow and GX are imported inside functions only.
 from __future__ import annotations
 
 from candleflow.quality.report import QualityError, QualityReport
+from candleflow.quality.results import keep_batch_result
 from candleflow.quality.suite import COLUMNS, PRICE_COLUMNS, validate_ohlcv
 
-__all__ = ["COLUMNS", "PRICE_COLUMNS", "TABLE_SPECS", "QualityError", "QualityReport", "main", "read_candle_file",
-           "validate_ohlcv"]
+__all__ = ["COLUMNS", "PRICE_COLUMNS", "TABLE_SPECS", "QualityError", "QualityReport", "keep_batch_result", "main",
+           "read_candle_file", "validate_ohlcv"]
 
 
 def __getattr__(name: str):
