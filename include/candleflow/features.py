@@ -239,6 +239,13 @@ def load_config(data: dict | None = None) -> FeaturesConfig:
                 if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 and "matype" not in param:
                     raise ConfigError(f"{where}: indicators.{family}.{name}.{param} = {value!r} must be a positive number")
             indicators[name] = params
+    sections = {"context": {"timeframes", "rsi_period", "trend_period"}, "funding": {"table"},
+                "fear_greed": {"url", "emulator_path", "timeout_seconds", "available_after_minutes"},
+                "labels": {"horizon_bars", "direction_threshold"}}
+    for section, fields in sections.items():
+        for key in data.get(section) or {}:
+            if key not in fields:
+                raise ConfigError(f"{where}: {section}.{key} is not a field; use {', '.join(sorted(fields))}")
     ctx = data.get("context") or {}
     ctx_tfs = tuple(ctx.get("timeframes", ["1h", "4h", "1d"]))
     for tf in ctx_tfs:
@@ -534,6 +541,8 @@ def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime
     deletes its object). Returns one summary per date: date, key, rows, sources."""
     cfg = cfg or load_config()
     base = timedelta(milliseconds=TIMEFRAME_MS[parse_timeframe(timeframe)])
+    if start.tzinfo is None or end.tzinfo is None or end <= start:
+        raise ValueError(f"window {start.isoformat()} → {end.isoformat()}: give time-zone-aware start < end")
     days = days_of(start, end)
     warmup = timedelta(days=cfg.warmup_days)
     horizon = base * cfg.horizon_bars

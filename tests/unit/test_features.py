@@ -277,6 +277,10 @@ def test_config_chooses_the_indicators_and_names_bad_fields():
         F.load_config({"labels": {"horizon_bars": 0}})
     with pytest.raises(ConfigError, match=r"context\.timeframes: '2h' is not supported"):
         F.load_config({"context": {"timeframes": ["2h"]}})
+    with pytest.raises(ConfigError, match=r"labels\.horizon is not a field; use direction_threshold, horizon_bars"):
+        F.load_config({"labels": {"horizon": 4}})
+    with pytest.raises(ConfigError, match=r"unknown field 'indicator'"):
+        F.load_config({"indicator": {}})
     with pytest.raises(ValueError, match=r"missing column\(s\) \['volume'\]"):
         compute(cfg, make_candles(hours=5).drop(columns=["volume"]))
 
@@ -424,3 +428,10 @@ def test_funding_from_the_lakes_funding_table_where_collected(s3_client, bucket,
     assert frame[frame["exchange"] != "binance"]["funding_rate"].isna().all()   # not collected there
     sources = F.object_sources(s3_client, bucket, done[0]["key"])
     assert "funding/exchange=binance/symbol=BTC/month=2024-08/part-00000.parquet" in sources
+
+
+def test_build_refuses_an_empty_or_naive_window(cfg):
+    for start, end in ((datetime(2024, 8, 2, tzinfo=UTC), datetime(2024, 8, 1, tzinfo=UTC)),
+                       (datetime(2024, 8, 1), datetime(2024, 8, 2))):
+        with pytest.raises(ValueError, match="give time-zone-aware start < end"):
+            F.build_features(None, "unused", "BTC", "1h", start, end, exchanges=["binance"], cfg=cfg)
