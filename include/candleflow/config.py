@@ -287,11 +287,12 @@ class Budget:
     ban_seconds: float = 600.0
 
 
-def load_budgets() -> tuple[dict[str, Budget], str | None]:
-    """({exchange: Budget}, state_dir) from include/config/budgets.yaml."""
+def load_budgets() -> tuple[dict[str, Budget], str | None, float]:
+    """({exchange: Budget}, state_dir, ccxt_guard) from include/config/budgets.yaml."""
     where = str(config_dir() / "budgets.yaml")
     data = load_yaml("budgets.yaml")
     margin = _fraction(data.get("margin", 0.8), f"{where}: margin")
+    ccxt_guard = _fraction(data.get("ccxt_guard", 0.95), f"{where}: ccxt_guard")
     steer_at = _fraction(data.get("steer_at", 0.9), f"{where}: steer_at")
     budgets = {}
     for ex_id, ex in (_require(data, "exchanges", where) or {}).items():
@@ -324,7 +325,7 @@ def load_budgets() -> tuple[dict[str, Budget], str | None]:
             margin=_fraction(ex.get("margin", margin), f"{at}.margin"), steer_at=steer_at,
             ban_seconds=_positive(ex.get("ban_seconds", 600), f"{at}.ban_seconds"))
     state_dir = os.environ.get("CANDLEFLOW_LIMITER_STATE_DIR", data.get("state_dir"))
-    return budgets, state_dir
+    return budgets, state_dir, ccxt_guard
 
 
 def _fraction(value: Any, where: str) -> float:

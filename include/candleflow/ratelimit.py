@@ -9,13 +9,15 @@ Airflow pools bound how many tasks touch an exchange, this bounds how fast they 
 
 What it does with a request:
 
-- **pace** (budget `published`): each metered bucket of the exchange's published limit
+- **pace**: each metered bucket of the exchange's published limit
   (budgets.yaml: binance weight per minute, bybit requests per 5 s, okx per endpoint per 2 s,
   coinbase per second, kraken's decaying call counter per pair) is a GCRA (virtual scheduling):
   a sustained rate of `margin × limit / window` and a burst of `(1 - margin) / 2 × limit`
   (counters: `margin × max`), so any sliding window holds at most `(1 + margin) / 2` of the limit
   and a counter never exceeds its maximum. Each request reserves its slot, then sleeps until it.
-  With budget `ccxt` ccxt's throttle paces and the limiter only steers and handles refusals.
+  With budget `ccxt` ccxt's throttle paces and the limiter is a guard at `ccxt_guard` (95 %) of
+  the published limit: ccxt's spacing sits at the limit on binance and coinbase, and with several
+  requests in flight network jitter alone would push a sliding window over it.
 - **steer**: binance's `X-MBX-USED-WEIGHT-1M` above `steer_at × limit`, or bybit's
   `X-Bapi-Limit-Status` below `(1 - steer_at) × limit`, means someone else spends the IP's budget
   too: every collector holds until the excess has drained (bybit: its reset timestamp).
@@ -76,11 +78,12 @@ class Stats:
 
 
 class Limiter:
-    """One exchange's limiter. `pace=False` (budget ccxt): steering and refusal handling only."""
+    """One exchange's limiter, pacing at `margin` (default: the budget's) × the published limit."""
 
-    def __init__(self, budget: Budget, state_dir: str | os.PathLike | None = None, *, pace: bool = True,
+    def __init__(self, budget: Budget, state_dir: str | os.PathLike | None = None, *, margin: float | None = None,
                  alert: Callable[[dict], None] | None = None, path_prefix: str | None = None):
-        self.budget, self.pace, self.alert = budget, pace, alert
+        self.budget, self.alert = budget, alert
+        self.margin = budget.margin if margin is None else margin
         self.exchange = budget.exchange
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,7 @@ class Limiter:
         """(seconds to wait, whether a slot was reserved). Blocked by a hold or ban: nothing is
         reserved and the caller asks again when it ends; otherwise the slot is taken and the
         caller sends once the wait is over."""
-        charges = self._charges(url) if self.pace else []
+        charges = self._charges(url)
         with self._locked() as state:
             blocked = max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
             if blocked > now:
@@ -158,9 +161,8 @@ class Limiter:
             send_at = now
             plans = []
             for key, bucket, cost in charges:
-                rate = bucket.rate * self.budget.margin * factor
-                burst = (self.budget.margin if bucket.type == "counter" else (1 - self.budget.margin) / 2) \
-                    * bucket.limit
+                rate = bucket.rate * self.margin * factor
+                burst = (self.margin if bucket.type == "counter" else (1 - self.margin) / 2) * bucket.limit
                 tat = max(state["tat"].get(key, 0.0), now)
                 # GCRA: the request may go once the bucket's theoretical arrival time, minus the
                 # burst tolerance, is reached
@@ -213,16 +215,18 @@ class Limiter:
 
     def _steer(self, headers: dict, now: float) -> float | None:
         budget = self.budget
+        # our own pacing puts at most (1 + margin) / 2 of the limit in a window: more is someone else
+        share = max(budget.steer_at, (1 + self.margin) / 2)
         if "x-mbx-used-weight-1m" in headers:
             bucket = budget.buckets[0]
             used = _seconds(headers["x-mbx-used-weight-1m"]) or 0.0
-            excess = used - budget.steer_at * bucket.limit
+            excess = used - share * bucket.limit
             if excess > 0:
                 return now + excess / bucket.rate   # until the window has shed the excess
         if "x-bapi-limit-status" in headers:
             limit = _seconds(headers.get("x-bapi-limit")) or budget.buckets[0].limit
             remaining = _seconds(headers["x-bapi-limit-status"])
-            if remaining is not None and remaining < (1 - budget.steer_at) * limit:
+            if remaining is not None and remaining < (1 - share) * limit:
                 reset = (_seconds(headers.get("x-bapi-limit-reset-timestamp")) or 0.0) / 1000.0
                 return max(reset, now + 1.0 / budget.buckets[0].rate)
         return None
@@ -292,8 +296,12 @@ def limiter_for(exchange: str, cfg: CollectConfig, *, alert: Callable[[dict], No
                 state_dir: str | os.PathLike | None = None, mode: str = "emulator") -> Limiter:
     """The limiter of `exchange` for `cfg.budget`: pacing at the published budget, or (ccxt)
     steering and refusal handling behind ccxt's own throttle."""
-    budgets, configured_dir = load_budgets()
+    budgets, configured_dir, ccxt_guard = load_budgets()
     if exchange not in budgets:
         raise ConfigError(f"include/config/budgets.yaml: exchanges.{exchange} is missing; add its published limit")
-    return Limiter(budgets[exchange], state_dir or configured_dir, pace=cfg.budget == "published", alert=alert,
+    # ccxt budget: ccxt's spacing paces, the limiter only guards at `ccxt_guard` of the published
+    # limit (ccxt's spacing sits at it on binance and coinbase; with requests in flight, jitter
+    # alone would push a window over)
+    return Limiter(budgets[exchange], state_dir or configured_dir,
+                   margin=None if cfg.budget == "published" else ccxt_guard, alert=alert,
                    path_prefix=None if mode == "emulator" else "")

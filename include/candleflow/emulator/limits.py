@@ -189,6 +189,17 @@ class ExchangeLimits:
                 s.spend(now, c)
             return Verdict(None, self._headers(now, buckets))
 
+    def force_ban(self, seconds: float | None = None) -> float:
+        """Ban this exchange's client IP now, as continued abuse would (tests of a client's ban
+        handling); `seconds` defaults to the exchange's next ban length. Returns the length."""
+        with self.lock:
+            now = time.monotonic()
+            length = float(seconds) if seconds is not None else \
+                min(self.ban.seconds * self.ban.factor ** self.ban.bans, self.ban.max_seconds)
+            self.ban.bans += 1
+            self.ban.until, self.ban.ignored = now + length, 0
+            return length
+
     def usage(self) -> dict:
         with self.lock:
             now = time.monotonic()
