@@ -186,7 +186,7 @@ def test_run_training_job_trains_and_leaves_model_tar_where_sagemaker_would(firs
     for name in ("evaluation.json", "evaluation_predictions.json", "baseline.json"):
         assert (result.model_dir / name).exists(), name
     example = np.array(json.loads((result.model_dir / "input_example.json").read_text()), dtype=np.float32)
-    assert example.shape == (1, 12, N_FEATURES)
+    assert example.shape == (2, 12, N_FEATURES)
 
     _, ckpt_prefix = split_s3_uri(spec.checkpoint_s3_uri)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=ckpt_prefix)["Contents"]]
