@@ -333,7 +333,17 @@ def _publish_chunk(s3, lake_cfg: LakeConfig, result, outcome: ChunkOutcome, lo: 
         result.candles = _keep_unserved(s3, lake_cfg, exchange, symbol, timeframe, lo,
                                         result.served_from_ms, result.candles)
     label = f"{exchange} {result.market} {timeframe} {lo.isoformat()} → {hi.isoformat()}"
-    checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label)
+    # continuity is judged over what the exchange can serve: from the listing (on kraken, from the
+    # oldest candle kept or served) to the last closed candle; same window on a re-run, same verdict
+    expected_from = fetch_from
+    if result.served_from_ms is not None:
+        served = datetime.fromtimestamp(result.served_from_ms / 1000, UTC)
+        expected_from = max(expected_from, min(served, result.candles["ts"].min()) if len(result.candles) else served)
+    expected_to = datetime.fromtimestamp(result.closed_end_ms / 1000, UTC) if result.closed_end_ms is not None else hi
+    checked = quality.validate_ohlcv(result.candles, timeframe, context_label=label,
+                                     window=(expected_from, max(expected_from, expected_to)))
+    kept = dict(ohlcv_prefix=lake_cfg.ohlcv_prefix, exchange=exchange, symbol=symbol, timeframe=timeframe,
+                market=result.market, window_start=lo, window_end=hi)
     reasons = []
     if fetch_from > lo:
         reasons.append((int(lo.timestamp() * 1000), int(fetch_from.timestamp() * 1000), "not_listed"))
@@ -346,6 +356,7 @@ def _publish_chunk(s3, lake_cfg: LakeConfig, result, outcome: ChunkOutcome, lo: 
         key = lake.quarantine_batch(s3, bucket, result.candles, checked.to_json(), exchange=exchange,
                                     symbol=symbol, timeframe=timeframe, market=result.market,
                                     window_start=lo, window_end=hi, prefix=lake_cfg.quarantine_prefix)
+        quality.keep_batch_result(s3, bucket, checked, result_key=key.rsplit("/", 1)[0] + "/report.json", **kept)
         outcome.status, outcome.keys = "quarantined", [key]
         outcome.detail = f"{checked.summary} Quarantined at s3://{bucket}/{key}."
         log.error(outcome.detail)
@@ -358,3 +369,7 @@ def _publish_chunk(s3, lake_cfg: LakeConfig, result, outcome: ChunkOutcome, lo: 
     coverage.write_entries(s3, bucket, coverage.build_entries(
         present_ms=present, status="complete", reasons=reasons, **entry_args))
     outcome.status, outcome.rows, outcome.keys = "published", sum(o.rows for o in written), [o.key for o in written]
+    quality.keep_batch_result(s3, bucket, checked, **kept)
+    if checked.warnings:  # warn-level rules: published, and tagged in the report, the quality table and the log
+        outcome.detail = checked.summary
+        log.warning(checked.summary)

@@ -2,6 +2,7 @@
 
     plan ──► ingest[exchange] ──► verdict[exchange]        (fails if a batch was quarantined)
                  │
+                 ├──► quality_checks  (cross-exchange closes, freshness, the run's GX Data Docs)
                  ├──► announce_<tf>   (emits the candleflow_ohlcv_<tf> asset once per run, listing what landed)
                  ├──► coverage_report (coverage table + heatmap of the run's pairs, in the lake)
                  └──► fail_if_any_exchange_failed (watcher: a partial failure fails the run)
@@ -113,12 +114,60 @@ def ingest(request: dict) -> dict:
 def verdict(report: dict) -> dict:
     """Fail, with the quality summary, when any batch of this exchange was quarantined
     (QualityError: the retry policy fails it at once, a retry would not change the data)."""
+    import logging
+
     from candleflow.quality import QualityError
 
     quarantined = [c for c in report["chunks"] if c["status"] == "quarantined"]
+    warned = [c for c in report["chunks"] if c["status"] == "published" and c.get("detail")]
+    for chunk in warned:  # warn-level rules: published and tagged; said here, the run carries on
+        logging.getLogger("candleflow.quality").warning(chunk["detail"])
     if quarantined:
-        raise QualityError(" ".join(c["detail"] for c in quarantined))
-    return {"exchange": report["exchange"], "published": sum(c["status"] == "published" for c in report["chunks"])}
+        # the log ends with the summary: which rule, how many rows, three example rows
+        raise QualityError("\n".join(c["detail"] for c in quarantined))
+    return {"exchange": report["exchange"], "published": sum(c["status"] == "published" for c in report["chunks"]),
+            "warned": len(warned)}
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def quality_checks(reports) -> dict:
+    """The run-level quality suites once every exchange finished: cross-exchange closes (and, in
+    scheduled runs, freshness) over what the run landed; results and the run's GX Data Docs go to
+    the lake. Fails with the summary (no retry) when an error-level rule failed."""
+    from candleflow import lake
+    from candleflow.config import load_pipeline, parse_utc
+    from candleflow.quality import QualityError, results
+    from candleflow.quality.runs import check_run
+    from candleflow.quality.settings import load_quality
+
+    cfg, qcfg = load_pipeline(), load_quality()
+    ctx = get_current_context()
+    s3 = _s3_client(cfg.lake.aws_conn_id)
+    scheduled = getattr(ctx["dag"], "schedule", None) is not None  # ohlcv_backfill's windows are history
+    out, errors = {}, []
+    for timeframe in sorted({r["timeframe"] for r in (reports or []) if r}):
+        mine = [r for r in reports if r and r["timeframe"] == timeframe]
+        chunks = [(r["exchange"], c) for r in mine for c in r["chunks"]]
+        pairs = sorted({(ex, c["symbol"]) for ex, c in chunks if c["status"] != "skipped"})
+        judged = []  # batches whose results the run's Data Docs show
+        for ex, c in chunks:
+            lo, hi = parse_utc(c["start"], "start"), parse_utc(c["end"], "end")
+            label = f"{ex}-{c['symbol']}-{lo:%Y%m%dT%H%M%SZ}_{hi:%Y%m%dT%H%M%SZ}"
+            if c["status"] == "quarantined":
+                base = lake.partition_prefix(cfg.lake.quarantine_prefix, ex, c["symbol"], timeframe)
+                judged.append((label, f"{base}window={lo:%Y%m%dT%H%M%SZ}_{hi:%Y%m%dT%H%M%SZ}/report.json"))
+            elif c["status"] == "published" and (c.get("detail") or qcfg.data_docs_include_passed):
+                judged.append((label, results.batch_result_key(cfg.lake.ohlcv_prefix, qcfg.results_dir, ex,
+                                                               c["symbol"], timeframe, lo, hi)))
+        summary = check_run(s3, cfg.lake.bucket, ohlcv_prefix=cfg.lake.ohlcv_prefix, timeframe=timeframe,
+                            window_start=min(parse_utc(r["start"], "start") for r in mine),
+                            window_end=max(parse_utc(r["end"], "end") for r in mine), pairs=pairs,
+                            scheduled=scheduled, batch_results=judged, run_name=ctx["run_id"], config=qcfg)
+        errors += summary.pop("errors")
+        out[timeframe] = summary
+    if errors:
+        raise QualityError("\n".join(errors))
+    return out
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -176,6 +225,7 @@ def ohlcv_ingest_graph(requests, timeframes: tuple[str, ...]) -> None:
     done = [announce.override(task_id=f"announce_{tf}", outlets=[OHLCV_BY_TIMEFRAME[tf]])(reports, timeframe=tf)
             for tf in timeframes]
     cov = coverage_report(reports)
+    checks = quality_checks(reports)
     watcher = fail_if_any_exchange_failed()
-    [reports, verdicts] >> watcher
+    [reports, verdicts, checks] >> watcher
     [*done, cov] >> watcher

@@ -1,0 +1,115 @@
+"""Quality results in the lake (moto S3 stand-in): each batch's JSON beside its candles, the
+`quality` table, warn vs error in a real ingest (emulator faults), the run-level suites over the
+lake, and the GX Data Docs site."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from candleflow import lake
+from candleflow.config import CollectConfig, LakeConfig
+from candleflow.emulator import EmulatorServer
+from candleflow.ingest import ingest_exchange
+from candleflow.quality import keep_batch_result, validate_ohlcv
+from candleflow.quality.runs import check_run
+
+FAST = CollectConfig(max_attempts=4, backoff_seconds=0.05, enable_rate_limit=False, chunk_days=3)
+START, END = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 23, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
+        yield server
+
+
+def run(emulator, s3, bucket, symbols=("BTC", "ETH"), exchange="binance"):
+    return ingest_exchange(s3, LakeConfig(bucket=bucket, aws_conn_id="unused"), exchange=exchange,
+                           symbols=list(symbols), timeframe="1h", start=START, end=END, quotes=["USDT", "USD"],
+                           page_size=100, mode="emulator", emulator_url=emulator.url, collect_cfg=FAST)
+
+
+def test_warn_publishes_and_tags_error_quarantines_and_every_result_is_kept(emulator, s3_client, bucket):
+    # BTC: every 7th candle missing (continuity, warn); ETH: high and low swapped (OHLC, error)
+    emulator.faults.set([{"exchange": "binance", "symbol": "BTC", "kind": "gap"},
+                         {"exchange": "binance", "symbol": "ETH", "kind": "ohlc_inconsistent"}])
+    try:
+        report = run(emulator, s3_client, bucket)
+    finally:
+        emulator.faults.set([])
+    btc, eth = (next(c for c in report.chunks if c.symbol == s) for s in ("BTC", "ETH"))
+    assert btc.status == "published" and "passed with warnings" in btc.detail and "continuity" in btc.detail
+    assert eth.status == "quarantined" and "ohlc_consistency: high < max(open, close)" in eth.detail
+    # the warned batch's JSON sits beside its candles; the quarantined one's report beside its candles
+    keys = lake.list_objects(s3_client, bucket)
+    [btc_json] = [k for k in keys if k.startswith("ohlcv/exchange=binance/symbol=BTC/timeframe=1h/_quality/")]
+    document = json.loads(s3_client.get_object(Bucket=bucket, Key=btc_json)["Body"].read())
+    assert document["success"] is True and document["failed"][0]["rule"] == "continuity"
+    assert document["gx_result"]["suite_name"] == "ohlcv_batch_1h"
+    assert not any(k.startswith("ohlcv/exchange=binance/symbol=ETH/") for k in keys)
+    # the quality table: one row per expectation of each validation, queryable by severity
+    table = lake.read(s3_client, bucket, "quality", timeframe="1h")
+    assert set(table["symbol"]) == {"BTC", "ETH"} and (table.groupby("symbol").size() == 23).all()
+    failed = table[~table["success"]].set_index(["symbol", "rule"])
+    assert failed.loc[("BTC", "continuity"), "severity"] == "warn"
+    assert failed.loc[("BTC", "continuity"), "unexpected_count"] > 0
+    assert failed.loc[("ETH", "ohlc_consistency"), "severity"].eq("error").all()
+    assert set(failed.loc["ETH", "result_key"]) == {eth.keys[0].replace("candles.parquet", "report.json")}
+    # lake readers skip the '_quality' folder: the candles read back as before
+    assert len(lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h")) == btc.rows
+
+
+def test_a_rerun_writes_the_same_result_bytes(emulator, s3_client, bucket):
+    run(emulator, s3_client, bucket, symbols=("SOL",))
+    before = lake.list_objects(s3_client, bucket, "ohlcv/")
+    assert any("/_quality/" in k for k in before)
+    run(emulator, s3_client, bucket, symbols=("SOL",))
+    assert lake.list_objects(s3_client, bucket, "ohlcv/") == before
+
+
+def frame_for(exchange_index: int, n=48):
+    ts = pd.date_range(START, periods=n, freq="1h", tz="UTC").astype("datetime64[ms, UTC]")
+    close = 2600 * (1 + 0.0002 * exchange_index) * (1 + 0.002 * np.sin(np.arange(n) / 3))
+    open_ = np.r_[close[0], close[:-1]]
+    return pd.DataFrame({"ts": ts, "open": open_, "high": np.maximum(open_, close) * 1.001,
+                         "low": np.minimum(open_, close) * 0.999, "close": close, "volume": np.full(n, 3.0)})
+
+
+def test_the_run_level_suites_read_the_lake_keep_results_and_build_data_docs(s3_client, bucket):
+    exchanges = ["binance", "bybit", "okx", "coinbase"]
+    window = (START, START + timedelta(hours=48))
+    for i, exchange in enumerate(exchanges):
+        frame = frame_for(i)
+        if exchange == "okx":
+            frame.loc[7, ["close", "high"]] = frame.loc[7, "close"] * 1.1   # a bad print
+        if exchange == "coinbase":
+            frame = frame.iloc[:40]                                          # stopped 8 hours early
+        lake.write_batch(s3_client, bucket, frame, exchange=exchange, symbol="ETH", timeframe="1h", market="ETH/USDT",
+                         window_start=window[0], window_end=window[1])
+    # a warned batch of the run, whose result the Data Docs list too
+    warned = validate_ohlcv(frame_for(0).drop(index=[3, 4]), "1h", window=window, context_label="binance ETH")
+    key = keep_batch_result(s3_client, bucket, warned, ohlcv_prefix="ohlcv", exchange="binance", symbol="ETH",
+                            timeframe="1h", market="ETH/USDT", window_start=window[0], window_end=window[1])
+    summary = check_run(s3_client, bucket, ohlcv_prefix="ohlcv", timeframe="1h", window_start=window[0],
+                        window_end=window[1], pairs=[(e, "ETH") for e in exchanges], scheduled=True,
+                        batch_results=[("binance-ETH", key)], run_name="scheduled__2024-10-22T00:00:00+00:00")
+    assert summary["errors"] == [] and len(summary["warnings"]) == 2   # both suites warn by default
+    assert any("okx" in w for w in summary["warnings"]) and any("coinbase" in w for w in summary["warnings"])
+    table = lake.read(s3_client, bucket, "quality", timeframe="1h")
+    cross = table[table["suite"] == "cross_exchange"].set_index("exchange")
+    assert cross.loc["okx", "unexpected_count"] == 1 and cross.drop("okx")["unexpected_count"].eq(0).all()
+    fresh = table[table["suite"] == "freshness"].set_index("exchange")
+    assert not fresh.loc["coinbase", "success"] and fresh.drop("coinbase")["success"].all()
+    # Data Docs: an index and a page per validation, in the lake
+    site = "reports/quality/data_docs/timeframe=1h/"
+    keys = lake.list_objects(s3_client, bucket, site)
+    assert summary["data_docs"] == site + "index.html" and site + "index.html" in keys
+    pages = [k for k in keys if k.startswith(site + "validations/")]
+    assert {p.split("/")[5] for p in pages} == {"cross_exchange_1h", "freshness_1h", "ohlcv_batch_1h"}
+    index = s3_client.get_object(Bucket=bucket, Key=site + "index.html")["Body"].read().decode()
+    assert "freshness_1h" in index and "binance-ETH" in index
