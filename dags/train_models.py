@@ -1,12 +1,17 @@
 """
-### train_models — one model per symbol, trained on every exchange's candles, registered in MLflow
+### train_models — one model per symbol, trained on every exchange's candles, evaluated, registered, promoted
 
 Runs when the `candleflow_ohlcv_1h` asset is updated (an ingest or backfill landed candles) and by
 hand with the form below. For each symbol it snapshots the lake's candles of the training window
-(all exchanges that list it) into a training channel, trains the LSTM with the configured backend
-— `local` (default: a subprocess on this worker) or `sagemaker` (a real SageMaker training job:
-spot, checkpoints, instance type from `include/config/training.yaml`) — and registers the model
-in MLflow as `candleflow-<symbol>-<timeframe>`, with alias `champion` when there is none yet.
+(all exchanges that list it) into a training channel, with the lake partitions, row counts and the
+gap ledger's verdict beside it; trains the LSTM and a logistic-regression baseline with the
+configured backend — `local` (default: a subprocess on this worker) or `sagemaker` (a real
+SageMaker training job: deferrable, managed spot with max wait, checkpoints in S3, instance type
+and hyperparameters from `include/config/training.yaml`); evaluates both, buy-and-hold and
+always-long on a held-out window after fees; registers the model in MLflow as
+`candleflow-<symbol>-<timeframe>`; and promotes it: alias `champion` only when it beats the current
+champion on the same window by the configured margin and beats the baselines, else `challenger`.
+Each decision is recorded with its reason (see docs/training.md).
 
 Both backends run the same entry point (`candleflow.training.entrypoint`) under the SageMaker
 container contract. A retry of the SageMaker task reattaches to its job instead of paying twice.

@@ -56,6 +56,8 @@ def plan_training() -> list[dict]:
     from datetime import datetime, timedelta
 
     from candleflow.config import ConfigError, load_training, load_universe, parse_timeframe, parse_utc
+    from candleflow.training.evaluation import evaluation_config
+    from candleflow.training.promotion import promotion_policy
     from candleflow.training.sagemaker import job_name
 
     ctx = get_current_context()
@@ -86,7 +88,11 @@ def plan_training() -> list[dict]:
     end = end or datetime.now(UTC)
     lookback = int(params.get("lookback_days") or training.lookback_days)
     start = end - timedelta(days=lookback)
-    hyperparameters = dict(training.hyperparameters)
+    promotion_policy()  # a bad promotion section fails here, before any training is paid for
+    ev = evaluation_config()
+    # the evaluation runs inside the job (SageMaker passes only hyperparameters): its settings travel along
+    hyperparameters = {**training.hyperparameters, "holdout_fraction": ev.holdout_fraction, "fee_bps": ev.fee_bps,
+                       "threshold": ev.threshold, "min_eval_samples": ev.min_samples}
     if params.get("epochs"):
         hyperparameters["epochs"] = int(params["epochs"])
     return [
@@ -105,14 +111,20 @@ def plan_training() -> list[dict]:
 
 @task
 def prepare_dataset(request: dict) -> dict:
-    """Snapshot the symbol's candles (every exchange) into a training channel; return the job spec."""
+    """Snapshot the symbol's candles (every exchange) into a training channel; return the job spec.
+
+    Beside the channel, `lineage.json` records the lake objects read, the rows per partition and
+    the gap ledger's verdict on those days; `register` logs it with the run.
+    """
     import dataclasses
+    import json
 
     from airflow.sdk.exceptions import AirflowSkipException
 
     from candleflow import lake
     from candleflow.config import load_pipeline, load_training, parse_utc
     from candleflow.training.dataset import write_training_channel
+    from candleflow.training.lineage import partition_rows, quality_summary, read_ledger
     from candleflow.training.runner import TrainingJobSpec
 
     cfg = load_pipeline()
@@ -127,6 +139,14 @@ def prepare_dataset(request: dict) -> dict:
                                    f"{request['start']} and {request['end']}")
     prefix = f"{cfg.lake.datasets_prefix}/symbol={request['symbol']}/timeframe={request['timeframe']}/job={request['job_name']}"
     channel = write_training_channel(s3, cfg.lake.bucket, prefix, candles, sources)
+    exchanges = sorted(candles["exchange"].unique().tolist())
+    ledger = read_ledger(s3, cfg.lake.bucket, symbol=request["symbol"], timeframe=request["timeframe"],
+                         exchanges=exchanges, start=request["start"], end=request["end"])
+    lineage = {"sources": sources, "partitions": partition_rows(candles, sources),
+               "quality": quality_summary(ledger, request["start"], request["end"])}
+    lineage_key = f"{prefix}/lineage.json"
+    s3.put_object(Bucket=cfg.lake.bucket, Key=lineage_key, Body=json.dumps(lineage, indent=1).encode(),
+                  ContentType="application/json")
     sm = training.sagemaker
     spec = TrainingJobSpec(
         job_name=request["job_name"],
@@ -146,9 +166,10 @@ def prepare_dataset(request: dict) -> dict:
     return {
         "spec": dataclasses.asdict(spec),
         "backend": request["backend"],
-        "sources": sources,
+        "lineage_key": lineage_key,  # XCom carries keys and counts; the lists stay in S3
+        "partitions": len(lineage["partitions"]),
         "rows": int(len(candles)),
-        "exchanges": sorted(candles["exchange"].unique().tolist()),
+        "exchanges": exchanges,
         "window": [request["start"], request["end"]],
     }
 
@@ -214,36 +235,54 @@ def collect_sagemaker(submitted: dict, prepared_jobs: list[dict]) -> dict:
     else:
         model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
         billable = int(description.get("BillableTimeInSeconds") or 0)
-    log.info("SageMaker job %s: %s", spec.job_name, cost_line(spec, billable))
+    trained = None if load_training().sagemaker.run_locally_after_submit else description.get("TrainingTimeInSeconds")
+    log.info("SageMaker job %s: %s", spec.job_name, cost_line(spec, billable, training_seconds=trained))
     return {**prepared, "job_name": spec.job_name, "model_s3_uri": model_uri, "billable_seconds": billable,
             "backend": "sagemaker"}
 
 
 @task
 def register(outcome: dict) -> dict:
+    """Log the job's run and register its model, then promote it: `champion` only when it beats the
+    current champion on the same window by the configured margin and beats the baselines, else
+    `challenger`; the decision and its reason are recorded with the version."""
     import json
+    import logging
     import tempfile
+    from pathlib import Path
 
     from candleflow import registry
     from candleflow.config import load_pipeline
-    from candleflow.training.runner import download_model
+    from candleflow.training.dataset import load_channel
+    from candleflow.training.promotion import promotion_policy
+    from candleflow.training.runner import download_model, download_prefix
 
     cfg = load_pipeline()
     s3 = _s3_client(cfg.lake.aws_conn_id)
     spec = outcome["spec"]
+    tracking_uri = _tracking_uri(cfg.mlflow_conn_id)
+    lineage = json.loads(s3.get_object(Bucket=cfg.lake.bucket, Key=outcome["lineage_key"])["Body"].read())
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-        model_dir = download_model(s3, outcome["model_s3_uri"], tmp)
+        model_dir = download_model(s3, outcome["model_s3_uri"], Path(tmp) / "artifact")
         metrics = json.loads((model_dir / "metrics.json").read_text())
         version = registry.log_and_register(
-            _tracking_uri(cfg.mlflow_conn_id),
+            tracking_uri,
             symbol=spec["symbol"], timeframe=spec["timeframe"], model_dir=model_dir, metrics=metrics,
             params={**spec["hyperparameters"], "rows": outcome["rows"], "exchanges": ",".join(outcome["exchanges"]),
                     "window_start": outcome["window"][0], "window_end": outcome["window"][1],
                     "instance_type": spec["instance_type"], "billable_seconds": outcome["billable_seconds"]},
-            lake_sources=outcome["sources"], job_name=outcome["job_name"], backend=outcome["backend"],
+            lake_sources=lineage["sources"], job_name=outcome["job_name"], backend=outcome["backend"],
+            lineage=lineage,
         )
+        # the champion is scored on the same candles the candidate was evaluated on: the job's channel
+        download_prefix(s3, spec["channels"]["train"], Path(tmp) / "channel")
+        decision = registry.promote(tracking_uri, name=version.name, version=version.version, model_dir=model_dir,
+                                    candles=load_channel(Path(tmp) / "channel"), timeframe=spec["timeframe"],
+                                    policy=promotion_policy())
+    logging.getLogger("candleflow.training").info("%s v%s: %s — %s", version.name, version.version, decision.alias,
+                                                  decision.reason)
     return {"symbol": spec["symbol"], "name": version.name, "version": version.version,
-            "run_id": version.run_id, "alias": version.alias}
+            "run_id": version.run_id, "alias": decision.alias, "reason": decision.reason}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[MODELS])
@@ -277,7 +316,7 @@ def train_models_graph() -> None:
 
     submitted = ReattachingSageMakerTrainingOperator.partial(
         task_id="submit_sagemaker", aws_conn_id="aws_default", wait_for_completion=True, print_log=False,
-        check_interval=5,
+        check_interval=30, deferrable=True,  # the worker slot is freed while SageMaker trains
     ).expand(config=sagemaker_config.expand(prepared=sagemaker_jobs))
     collected = collect_sagemaker.partial(prepared_jobs=sagemaker_jobs).expand(submitted=submitted.output)
     registered_sagemaker = register.override(task_id="register_sagemaker").expand(outcome=collected)

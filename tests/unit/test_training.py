@@ -213,3 +213,68 @@ def test_failed_entry_point_raises_with_the_stderr_tail(s3_client, bucket, chann
     spec = make_spec(bucket, channel, "cf-btc-1h-bad", {**HPS, "window": 5000})
     with pytest.raises(RuntimeError, match=r"(?s)cf-btc-1h-bad.*exited with code 1.*not enough to train"):
         run_training_job(spec, s3_client, tmp_path / "work")
+
+
+# ---- retries never pay twice ----------------------------------------------------------------------
+def test_plan_submission_reattaches_reuses_or_starts_a_fresh_unique_name():
+    from candleflow.training.sagemaker import plan_submission
+
+    def jobs(**states):
+        described = {name.replace("_", "-"): {"TrainingJobName": name.replace("_", "-"), "TrainingJobStatus": st}
+                     for name, st in states.items()}
+        return described.get
+
+    assert plan_submission("cf-a", 1, jobs()) == ("start", "cf-a", None)
+    assert plan_submission("cf-a", 2, jobs())[:2] == ("start", "cf-a")  # try 1 died before submitting
+    assert plan_submission("cf-a", 2, jobs(cf_a="InProgress"))[:2] == ("reattach", "cf-a")
+    assert plan_submission("cf-a", 3, jobs(cf_a="Stopping"))[:2] == ("reattach", "cf-a")
+    assert plan_submission("cf-a", 2, jobs(cf_a="Completed"))[:2] == ("reuse", "cf-a")
+    assert plan_submission("cf-a", 2, jobs(cf_a="Failed")) == ("start", "cf-a-r2", None)
+    # try 3: try 2 started cf-a-r2 after cf-a failed, and it is still running -> reattach, no third job
+    assert plan_submission("cf-a", 3, jobs(cf_a="Failed", cf_a_r2="InProgress"))[:2] == ("reattach", "cf-a-r2")
+    assert plan_submission("cf-a", 3, jobs(cf_a="Failed", cf_a_r2="Completed"))[:2] == ("reuse", "cf-a-r2")
+    assert plan_submission("cf-a", 3, jobs(cf_a="Failed", cf_a_r2="Stopped")) == ("start", "cf-a-r3", None)
+    # a name taken by a (failed) job of a cleared and re-run task is skipped, never reused
+    assert plan_submission("cf-a", 2, jobs(cf_a="Failed", cf_a_r2="Failed", cf_a_r3="Failed"))[:2] == (
+        "start", "cf-a-r4")
+    assert JOB_NAME_RE.match(plan_submission("x" * 58, 12, jobs())[1])
+
+
+def test_operator_retry_reuses_the_job_it_started_on_moto(local_stack, s3_client, bucket, channel, monkeypatch):
+    """Two tries of the submit task against the real moto SageMaker API: one job, not two."""
+    from types import SimpleNamespace
+
+    from candleflow_airflow.sagemaker import ReattachingSageMakerTrainingOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", local_stack.pipeline_env()["AIRFLOW_CONN_AWS_DEFAULT"])
+    spec = make_spec(bucket, channel, job_name(f"retry__{bucket}", "BTC", "1h"))
+    config = training_job_config(spec, load_training().sagemaker)
+    sm = boto3.client("sagemaker", endpoint_url=local_stack.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def run(try_number: int) -> dict:
+        op = ReattachingSageMakerTrainingOperator(task_id="submit_sagemaker", config=json.loads(json.dumps(config)),
+                                                  aws_conn_id="aws_default", wait_for_completion=True,
+                                                  deferrable=True, print_log=False, check_interval=1)
+        return op.execute({"ti": SimpleNamespace(try_number=try_number)})
+
+    def ours() -> list[str]:
+        return [j["TrainingJobName"] for j in sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]
+                if j["TrainingJobName"].startswith(spec.job_name)]
+
+    first = run(1)
+    assert first["Training"]["TrainingJobName"] == spec.job_name
+    second = run(2)  # the retry finds the job Completed and hands it on
+    assert second["Training"]["TrainingJobName"] == spec.job_name
+    assert ours() == [spec.job_name]
+    described = sm.describe_training_job(TrainingJobName=spec.job_name)
+    assert described["EnableManagedSpotTraining"] is True
+    assert described["ResourceConfig"]["InstanceType"] == load_training().sagemaker.instance_type
+    assert described["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == channel
+    assert described["CheckpointConfig"]["S3Uri"] == spec.checkpoint_s3_uri
+
+
+def test_cost_line_uses_the_measured_spot_saving_when_sagemaker_reports_it():
+    spec = make_spec("b", "s3://b/x/train/", "cf-btc-1h-x")
+    line = cost_line(spec, 900, training_seconds=3600)
+    assert "900 billable s of 3600 s" in line and "saved 75%" in line and "ml.g4dn.xlarge" in line

@@ -108,3 +108,29 @@ def code_version() -> str:
         return f"candleflow=={version('candleflow')}"
     except PackageNotFoundError:
         return "unknown"
+
+
+def read_ledger(s3, bucket: str, *, symbol: str, timeframe: str, exchanges, start: str, end: str,
+                prefix: str = "coverage") -> list:
+    """The gap-ledger entries of `symbol` on `exchanges` for the dates of [start, end), listed per
+    exchange and pruned by the date in the key before any object is read."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from candleflow.coverage import LedgerEntry
+    from candleflow.lake import list_objects, listing_prefix
+
+    first, last = start[:10], end[:10]
+    keys = []
+    for exchange in sorted(set(exchanges)):
+        listing = listing_prefix(prefix, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        for key in sorted(list_objects(s3, bucket, listing)):
+            date = next((p[5:] for p in key.split("/") if p.startswith("date=")), None)
+            if key.endswith(".json") and date and first <= date <= last:
+                keys.append(key)
+
+    def get(key: str):
+        return LedgerEntry.from_json(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # S3 GETs are latency-bound
+        return list(pool.map(get, keys))

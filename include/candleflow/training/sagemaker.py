@@ -136,8 +136,54 @@ def spec_from_description(desc: dict) -> TrainingJobSpec:
     )
 
 
-def cost_line(spec: TrainingJobSpec, billable_seconds: int, local: bool = False) -> str:
-    """One human line on what the job cost (an estimate from ON_DEMAND_USD_PER_HOUR)."""
+REATTACH_STATES = ("InProgress", "Stopping")
+FAILED_STATES = ("Failed", "Stopped")
+
+
+def attempt_name(base: str, attempt: int) -> str:
+    """The job name of an Airflow try: the base name first, `<base>-r<try>` for fresh jobs after it."""
+    return base if attempt <= 1 else f"{base[:JOB_NAME_MAX]}-r{attempt}"
+
+
+def plan_submission(base: str, try_number: int, describe) -> tuple[str, str, dict | None]:
+    """What an Airflow try of a training task does, given `describe(name)` (a DescribeTrainingJob
+    response, or None when no such job exists): ("reattach" | "reuse" | "start", job name, description).
+
+    Every job an earlier try may have started (`base`, `base-r2`, …) is looked at, newest first:
+    one still running is reattached to, a completed one is reused; only when none runs or
+    completed does the try start a job, under a name no earlier job has (never a clash, never a
+    second paid job for the same model).
+    """
+    try_number = max(1, int(try_number or 1))
+    earlier = [attempt_name(base, k) for k in range(try_number, 0, -1)]
+    seen: dict[str, dict] = {}
+    for name in earlier:
+        desc = describe(name)
+        if desc is None:
+            continue
+        seen[name] = desc
+        status = desc.get("TrainingJobStatus")
+        if status in REATTACH_STATES:
+            return "reattach", name, desc
+        if status == "Completed":
+            return "reuse", name, desc
+    if not seen:
+        return "start", base, None  # nothing was ever submitted (or the first try died before it)
+    k = try_number
+    name = attempt_name(base, max(k, 2))
+    while name in seen or describe(name) is not None:
+        k += 1
+        name = attempt_name(base, max(k, 2))
+    return "start", name, None
+
+
+def cost_line(spec: TrainingJobSpec, billable_seconds: int, local: bool = False,
+              training_seconds: int | None = None) -> str:
+    """One human line on what the job cost (an estimate from ON_DEMAND_USD_PER_HOUR).
+
+    With `training_seconds` (DescribeTrainingJob's TrainingTimeInSeconds) a spot job's saving is
+    the measured one, 1 - billable / training; without it, the typical saving is assumed.
+    """
     if local:
         return (f"ran locally in {billable_seconds} s (not on {spec.instance_type}): "
                 "no SageMaker cost")
@@ -147,7 +193,13 @@ def cost_line(spec: TrainingJobSpec, billable_seconds: int, local: bool = False)
         return line + f"; no on-demand price for {spec.instance_type} in ON_DEMAND_USD_PER_HOUR, cost unknown"
     on_demand = billable_seconds / 3600 * price
     line += f", on-demand ≈ ${on_demand:.4f} (at ${price}/h, us-east-1 list price)"
-    if spec.use_spot:
+    if spec.use_spot and training_seconds:
+        full = training_seconds / 3600 * price
+        saved = 1 - billable_seconds / training_seconds
+        line = (f"{spec.instance_type}, {billable_seconds} billable s of {training_seconds} s trained, "
+                f"≈ ${on_demand:.4f} (at ${price}/h, us-east-1 list price); managed spot saved {saved:.0%} "
+                f"(≈ ${full - on_demand:.4f} against on-demand)")
+    elif spec.use_spot:
         spot = on_demand * (1 - TYPICAL_SPOT_SAVING)
         line += (f"; managed spot: estimated ≈ ${spot:.4f} assuming the typical ~{TYPICAL_SPOT_SAVING:.0%} "
                  "saving (estimate; the real spot discount varies)")
