@@ -1,20 +1,27 @@
-"""The coverage heatmaps in the Airflow UI: a small FastAPI app served by Airflow's API server and
-links to it in the UI's Browse menu (Airflow 3 plugin `fastapi_apps` + `external_views`).
+"""The coverage heatmaps and the GX Data Docs in the Airflow UI: a small FastAPI app served by
+Airflow's API server and links to it in the UI's Browse menu (Airflow 3 plugin `fastapi_apps` +
+`external_views`).
 
-`GET /candleflow/coverage/<timeframe>` returns the page `coverage_report` rebuilt after the last
-ingest run (`reports/coverage/timeframe=<tf>/coverage.html` in the lake bucket), read through the
-`aws_default` connection, so the lake needs no public access. It shows data coverage only; put
-the API server's auth in front of it like the rest of the UI if that is sensitive.
+- `GET /candleflow/coverage/<timeframe>` returns the page `coverage_report` rebuilt after the last
+  ingest run (`reports/coverage/timeframe=<tf>/coverage.html` in the lake bucket).
+- `GET /candleflow/quality/<timeframe>/<path>` serves the static GX Data Docs site the ingest's
+  `quality_checks` task writes (`reports/quality/data_docs/timeframe=<tf>/…`, see docs/quality.md):
+  `index.html` lists the last run's validations, its relative links to pages and assets resolve
+  under the same route.
+
+Both are read through the `aws_default` connection, so the lake needs no public access. They show
+data quality only; put the API server's auth in front of them like the rest of the UI if that is
+sensitive.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 TIMEFRAMES = ("1h", "15m", "5m", "1m")
-app = FastAPI(title="candleflow", description="Coverage heatmaps of the candleflow lake")
+app = FastAPI(title="candleflow", description="Coverage heatmaps and quality Data Docs of the candleflow lake")
 
 
 def _lake_client():
@@ -41,12 +48,36 @@ def coverage_page(timeframe: str) -> HTMLResponse:
     return HTMLResponse(body.decode())
 
 
+@app.get("/quality/{timeframe}/{path:path}")
+def quality_docs(timeframe: str, path: str) -> Response:
+    from candleflow.quality.results import content_type
+    from candleflow.quality.settings import load_quality
+
+    if timeframe not in TIMEFRAMES:
+        raise HTTPException(404, f"timeframe {timeframe!r}: use one of {', '.join(TIMEFRAMES)}")
+    path = path or "index.html"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise HTTPException(404, f"{path!r}: not a page of the Data Docs site")
+    s3, bucket = _lake_client()
+    key = f"{load_quality().data_docs_prefix}/timeframe={timeframe}/{path}"
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        if path == "index.html":
+            return HTMLResponse(f"<p>No {timeframe} quality Data Docs yet: they are written by the "
+                                f"quality_checks task of the first ingest or backfill run of that timeframe.</p>",
+                                status_code=404)
+        raise HTTPException(404, f"{path!r}: no such page in the {timeframe} Data Docs") from None
+    return Response(body, media_type=content_type(path))
+
+
 class CandleflowPlugin(AirflowPlugin):
     name = "candleflow"
-    fastapi_apps = [{"app": app, "url_prefix": "/candleflow", "name": "candleflow coverage"}]
+    fastapi_apps = [{"app": app, "url_prefix": "/candleflow", "name": "candleflow coverage and quality"}]
     external_views = [
         # relative href: resolved against the API server, also behind a reverse proxy
-        {"name": f"OHLCV coverage {tf}", "href": f"candleflow/coverage/{tf}", "destination": "nav",
-         "category": "browse"}
-        for tf in TIMEFRAMES
+        *({"name": f"OHLCV coverage {tf}", "href": f"candleflow/coverage/{tf}", "destination": "nav",
+           "category": "browse"} for tf in TIMEFRAMES),
+        *({"name": f"Quality Data Docs {tf}", "href": f"candleflow/quality/{tf}/index.html", "destination": "nav",
+           "category": "browse"} for tf in TIMEFRAMES),
     ]
