@@ -107,3 +107,47 @@ def test_concurrent_validations_judge_their_own_batch():
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda frame: validate_ohlcv(frame, "1h").success, jobs))
     assert results == [True, False] * 6
+
+
+@pytest.mark.parametrize("name,timeframe,code,expected", [
+    # an illiquid binance pair: candles re-sent under a later minute, and 30 % of the minutes missing
+    ("XRP_ETH-1m.feather", "1m", 1, ["ERROR repeated_candle", "in 4 row(s)", "WARN continuity", "1091 of 3560"]),
+    ("UNITTEST_BTC-1m.feather", "1m", 1, ["ERROR repeated_candle", "2017-11-09T12:58:00", "WARN continuity"]),
+    # pandas 'columns' JSON with ms times: clean
+    ("BTC_USDT-5m-2023.json", "5m", 0, ["passed"]),
+])
+def test_the_command_catches_the_defects_of_real_exchange_files(capsys, name, timeframe, code, expected):
+    from candleflow.quality import main
+
+    source = SHARED / name
+    if not source.exists():
+        pytest.skip("shared recorded data not present on this machine")
+    assert main(["check", str(source), "--timeframe", timeframe]) == code
+    out = capsys.readouterr().out
+    for text in expected:
+        assert text in out, out
+
+
+def test_warnings_fail_the_command_only_when_strict(capsys, tmp_path):
+    from candleflow.quality import main
+
+    frame = candles(48).drop(index=[20, 21]).reset_index(drop=True)   # 2 of 48 missing: a warning
+    path = tmp_path / "gappy.parquet"
+    frame.to_parquet(path)
+    assert main(["check", str(path), "--timeframe", "1h"]) == 0
+    assert "passed with warnings" in capsys.readouterr().out
+    assert main(["check", str(path), "--timeframe", "1h", "--strict"]) == 1
+
+
+def test_the_failure_summary_names_the_rule_the_row_count_and_three_example_rows():
+    frame = candles()
+    for row in (5, 9, 13, 17):
+        frame.loc[row, ["high", "low"]] = frame.loc[row, ["low", "high"]].to_numpy()
+    report = validate_ohlcv(frame, "1h", context_label="okx BTC/USDT 1h")
+    lines = report.summary.splitlines()
+    assert lines[0].startswith("Quality check failed for okx BTC/USDT 1h: ")
+    [head] = [i for i, line in enumerate(lines) if "high < max(open, close)" in line]
+    assert lines[head].strip().startswith("ERROR ohlc_consistency") and "in 4 row(s)" in lines[head]
+    examples = lines[head + 1:head + 4]
+    assert [e.strip().startswith("{'ts': '2024-10-20T") for e in examples] == [True] * 3
+    assert str(frame.loc[5, "ts"].isoformat()) in examples[0]
