@@ -115,3 +115,30 @@ def test_read_returns_the_same_rows_as_pandas_or_arrow_with_partition_columns(s3
     assert frame["date"].tolist() == ["2024-10-20"] * 4 + ["2024-10-21"] * 2
     pd.testing.assert_frame_equal(arrow.to_pandas(), frame)
     assert str(frame["ts"].dtype) == "datetime64[ms, UTC]"
+
+
+def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(s3_client, moto_server):
+    """docs/lake.md's DuckDB block, executed as written (endpoint and bucket pointed at this
+    session's moto server), returns what lake.read returns — late hourly overrides included."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lake.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "import duckdb" in b]
+    bucket = "candleflow-lake-duckdb"
+    s3_client.create_bucket(Bucket=bucket)
+    start = datetime(2024, 9, 28, tzinfo=UTC)
+    write(s3_client, bucket, candles(start, 24 * 35), start, start + timedelta(days=35))
+    for hour in (datetime(2024, 10, 3, 5, tzinfo=UTC), datetime(2024, 10, 29, 23, tzinfo=UTC)):
+        write(s3_client, bucket, candles(hour, 1, price=-1.0), hour, hour + timedelta(hours=1))
+    write(s3_client, bucket, candles(start, 24 * 3), start, start + timedelta(days=3), exchange="okx")
+    code = block.replace('"127.0.0.1:5000"', repr(moto_server.removeprefix("http://"))).replace(
+        "candleflow-lake/", f"{bucket}/")
+    scope: dict = {}
+    exec(compile(code, "docs/lake.md", "exec"), scope)  # noqa: S102 - the documented example itself
+    got = scope["frame"]
+    expected = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h",
+                         start=datetime(2024, 10, 1, tzinfo=UTC), end=datetime(2024, 10, 30, tzinfo=UTC))
+    assert len(expected) == 29 * 24 and (expected["close"] == -1.0).sum() == 2
+    got["ts"] = got["ts"].dt.tz_convert("UTC").astype("datetime64[ms, UTC]")
+    pd.testing.assert_frame_equal(got, expected)
