@@ -9,9 +9,11 @@ One module-scoped scenario, in the order a user meets it:
 2. The same backfill again with `force`: the lake's objects and bytes are identical. Without
    `force`, only the quarantined pair is fetched again (complete chunks are skipped).
 3. `ohlcv_ingest` for one hourly interval: one more object per pair; run again, identical lake.
-4. `train_models` (local backend): one registered model per symbol, alias champion.
+4. `train_models` (local backend): one registered model per symbol, alias champion (the first
+   version), its evaluation, lineage and promotion decision recorded.
 5. `train_models` with the SageMaker backend for BTC: a real CreateTrainingJob on moto, the
-   submitted job executed by the local runner, version 2 registered, champion unchanged.
+   submitted job executed by the local runner, version 2 registered and promoted or made
+   challenger as its recorded decision says.
 """
 
 from __future__ import annotations
@@ -195,6 +197,13 @@ def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
         assert mlflow_run.data.params["exchanges"] == "binance,bybit,coinbase,kraken,okx"
         # kraken ETH was quarantined by the backfill; only the hourly run's two intervals landed
         assert int(mlflow_run.data.params["rows"]) == (4 * CANDLES + 2 if symbol == "ETH" else 5 * CANDLES)
+        assert mlflow_run.data.params["lake_rows"] == mlflow_run.data.params["rows"]
+        assert "eval_model_sharpe" in mlflow_run.data.metrics and "eval_buy_and_hold_sharpe" in mlflow_run.data.metrics
+        assert champion.tags["candleflow.decision"] == "champion"
+        assert "first version" in champion.tags["candleflow.decision_reason"]
+        # kraken ETH's quarantined days are in the quality verdict the run relied on
+        if symbol == "ETH":
+            assert "10 quarantined" in mlflow_run.data.tags["candleflow.quality"]
 
 
 def test_sagemaker_backend_submits_a_real_job_and_registers_its_model(trained, mlflow_server, local_stack):
@@ -215,6 +224,10 @@ def test_sagemaker_backend_submits_a_real_job_and_registers_its_model(trained, m
     client = MlflowClient(tracking_uri=mlflow_server)
     versions = client.search_model_versions("name='candleflow-btc-1h'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert client.get_model_version_by_alias("candleflow-btc-1h", "champion").version == "1"
     v2 = next(v for v in versions if v.version == "2")
     assert client.get_run(v2.run_id).data.tags.get("candleflow.backend") == "sagemaker"
+    # promotion compared v2 with champion v1 on the same window; the aliases follow its decision
+    decision = v2.tags["candleflow.decision"]
+    assert decision in ("champion", "challenger") and "champion v1" in v2.tags["candleflow.decision_reason"]
+    expected = {"champion": "2"} if decision == "champion" else {"champion": "1", "challenger": "2"}
+    assert {a: client.get_model_version_by_alias("candleflow-btc-1h", a).version for a in expected} == expected

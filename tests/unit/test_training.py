@@ -278,3 +278,50 @@ def test_cost_line_uses_the_measured_spot_saving_when_sagemaker_reports_it():
     spec = make_spec("b", "s3://b/x/train/", "cf-btc-1h-x")
     line = cost_line(spec, 900, training_seconds=3600)
     assert "900 billable s of 3600 s" in line and "saved 75%" in line and "ml.g4dn.xlarge" in line
+
+
+# ---- lineage: what a run trained on ----------------------------------------------------------------
+def test_lineage_counts_rows_per_lake_partition_and_summarises_the_gap_ledger(s3_client, bucket):
+    from datetime import UTC, datetime
+
+    from candleflow import coverage, lake
+    from candleflow.training.lineage import partition_rows, quality_summary, read_ledger
+
+    start, end = datetime(2024, 9, 1, tzinfo=UTC), datetime(2024, 9, 3, tzinfo=UTC)
+    frame = synthetic_candles(48)
+    frame = frame[~((frame["exchange"] == "kraken") & (frame["ts"] >= pd.Timestamp("2024-09-02", tz="UTC")))]
+    for exchange, part in frame.groupby("exchange"):
+        lake.write_batch(s3_client, bucket, part, exchange=exchange, symbol="BTC", timeframe="1h",
+                         market="BTC/USDT", window_start=start, window_end=end)
+    candles, sources = lake.read_with_sources(s3_client, bucket, symbol="BTC", timeframe="1h", start=start, end=end)
+    rows = partition_rows(candles, sources)
+    assert [(r["partition"], r["rows"], len(r["objects"])) for r in rows] == [
+        ("exchange=binance/symbol=BTC/timeframe=1h/date=2024-09-01", 24, 1),
+        ("exchange=binance/symbol=BTC/timeframe=1h/date=2024-09-02", 24, 1),
+        ("exchange=kraken/symbol=BTC/timeframe=1h/date=2024-09-01", 24, 1)]
+
+    tf = 3_600_000
+    day1 = [int(t) for t in range(int(start.timestamp() * 1000), int(start.timestamp() * 1000) + 86_400_000, tf)]
+    entries = [*coverage.build_entries(exchange="binance", symbol="BTC", timeframe="1h", tf_ms=tf, window_start=start,
+                                       window_end=end, present_ms=day1 + [t + 86_400_000 for t in day1],
+                                       market="BTC/USDT", status="complete"),
+               *coverage.build_entries(exchange="kraken", symbol="BTC", timeframe="1h", tf_ms=tf, window_start=start,
+                                       window_end=datetime(2024, 9, 2, tzinfo=UTC), present_ms=day1,
+                                       market="BTC/USD", status="complete"),
+               *coverage.build_entries(exchange="kraken", symbol="BTC", timeframe="1h", tf_ms=tf,
+                                       window_start=datetime(2024, 9, 2, tzinfo=UTC), window_end=end, present_ms=[],
+                                       market="BTC/USD", status="quarantined"),
+               # a day after the window (end is exclusive) is not part of it
+               *coverage.build_entries(exchange="kraken", symbol="BTC", timeframe="1h", tf_ms=tf, window_start=end,
+                                       window_end=datetime(2024, 9, 4, tzinfo=UTC), present_ms=[],
+                                       market="BTC/USD", status="quarantined")]
+    coverage.write_entries(s3_client, bucket, entries)
+    ledger = read_ledger(s3_client, bucket, symbol="BTC", timeframe="1h", exchanges=["binance", "kraken"],
+                         start=start.isoformat(), end=end.isoformat())
+    assert len(ledger) == 4
+    summary = quality_summary(ledger, start.isoformat(), end.isoformat())
+    assert summary["exchanges"]["binance"]["complete"] == 2
+    kraken = summary["exchanges"]["kraken"]
+    assert (kraken["complete"], kraken["quarantined"], kraken["quarantined_days"]) == (1, 1, ["2024-09-02"])
+    assert kraken["missing_by_reason"] == {"quarantined": 24}
+    assert summary["verdict"] == "4 exchange-days: 3 complete, 0 partial, 1 quarantined (not trained on)"

@@ -23,11 +23,9 @@ LINEAGE_FILE = "lineage.json"
 
 def partition_rows(candles: pd.DataFrame, sources: list[str]) -> list[dict]:
     """[{partition, objects, rows}] per lake partition (exchange, symbol, timeframe, date) read."""
-    from candleflow.lake import _partition_values
-
     objects: dict[tuple, list[str]] = defaultdict(list)
     for key in sources:
-        v = _partition_values(key)
+        v = dict(part.split("=", 1) for part in key.split("/") if "=" in part)  # Hive key=value levels
         objects[(v.get("exchange"), v.get("symbol"), v.get("timeframe"), v.get("date"))].append(key)
     if candles.empty:
         counts = {}
@@ -42,9 +40,16 @@ def partition_rows(candles: pd.DataFrame, sources: list[str]) -> list[dict]:
     return out
 
 
+def _days(start: str, end: str) -> tuple[str, str]:
+    """First and last UTC date of the half-open window [start, end)."""
+    lo = pd.Timestamp(start).tz_convert("UTC")
+    hi = pd.Timestamp(end).tz_convert("UTC") - pd.Timedelta(milliseconds=1)
+    return lo.strftime("%Y-%m-%d"), hi.strftime("%Y-%m-%d")
+
+
 def quality_summary(entries, start: str, end: str) -> dict:
     """Ledger entries (candleflow.coverage.LedgerEntry) of the days in [start, end) by exchange."""
-    first, last = start[:10], end[:10]
+    first, last = _days(start, end)
     per_exchange: dict[str, dict] = {}
     for entry in entries:
         if not first <= entry.date <= last:
@@ -120,7 +125,7 @@ def read_ledger(s3, bucket: str, *, symbol: str, timeframe: str, exchanges, star
     from candleflow.coverage import LedgerEntry
     from candleflow.lake import list_objects, listing_prefix
 
-    first, last = start[:10], end[:10]
+    first, last = _days(start, end)
     keys = []
     for exchange in sorted(set(exchanges)):
         listing = listing_prefix(prefix, exchange=exchange, symbol=symbol, timeframe=timeframe)
