@@ -93,6 +93,8 @@ class ExchangeRun:
     costs: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     limiter: object = None               # candleflow.ratelimit.Limiter of this exchange
+    started_at: float = 0.0              # epoch seconds: the timed window (process workers)
+    ended_at: float = 0.0
 
     # --- derived -------------------------------------------------------------------------------
     def delta(self, key: str) -> int:
@@ -340,6 +342,61 @@ async def run_exchange(run: ExchangeRun, client, timing: dict, emu: Emulator, sy
     run.routes_after = {k: v for k, v in stats.items() if k.startswith(run.exchange + " ")}
 
 
+class EmulatorClient:
+    """The admin API of an emulator started elsewhere (the worker processes' view of it)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    admin = Emulator.admin
+    post = Emulator.post
+
+
+def _exchange_process(run: ExchangeRun, url: str, args, start, end, cfg: CollectConfig, budget: str, state_dir: str,
+                      go) -> ExchangeRun:
+    """One exchange in its own process (as one Airflow task per exchange runs it)."""
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    emu, universe = EmulatorClient(url), load_universe()
+
+    async def main():
+        client, timing = await setup_exchange(run, emu, cfg, budget, state_dir)
+        go.wait()                            # every exchange starts its timed window together
+        run.started_at = time.time()
+        if client is None:
+            return
+        try:
+            await run_exchange(run, client, timing, emu, args.symbol_list, universe.aliases,
+                               universe.exchanges[run.exchange].quotes, args.timeframe, start, end, cfg)
+        finally:
+            await client.close()
+        run.limiter.alert = None
+
+    asyncio.run(main())
+    run.ended_at = time.time()
+    return run
+
+
+def run_processes(runs: list[ExchangeRun], emu: Emulator, args, start, end, cfg: CollectConfig,
+                  budget: str) -> tuple[list[ExchangeRun], float]:
+    """One process per exchange, all at once, one limiter state directory shared between them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    state_dir = tempfile.mkdtemp(prefix=f"bench-limiter-{budget}-")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        go = manager.Barrier(len(runs))
+        print(f"backfilling {len(args.symbol_list)} symbols × {len(runs)} exchanges, {args.timeframe}, "
+              f"{start.isoformat()} .. {end.isoformat()}, budget {budget}, one process per exchange ...", flush=True)
+        with ProcessPoolExecutor(max_workers=len(runs), mp_context=ctx) as pool:
+            futures = [pool.submit(_exchange_process, r, emu.url, args, start, end, cfg, budget, state_dir, go)
+                       for r in runs]
+            done = [f.result() for f in futures]
+    wall = max(r.ended_at for r in done) - min(r.started_at for r in done)
+    return done, wall
+
+
 async def run_all(runs: list[ExchangeRun], emu: Emulator, args, universe, start, end, cfg: CollectConfig,
                   budget: str) -> float:
     """Every exchange at once in one event loop; returns the wall time until the last finished."""
@@ -373,7 +430,7 @@ def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, start
            timeframe: str) -> float:
     print()
     print(f"backfill {timeframe} {start.isoformat()} .. {end.isoformat()} ({len(args.symbol_list)} symbols), "
-          f"emulator {args.emulator}, clock {CLOCK}, budget {args.budget_label}"
+          f"emulator {args.emulator}, workers {args.workers}, clock {CLOCK}, budget {args.budget_label}"
           )
     head = (f"{'exchange':9} {'pairs':>5} {'candles':>9} {'req':>5} {'ohlcv':>5} {'wall s':>7} {'candles/s':>10} "
             f"{'req/s':>6} {'ohlcv/s':>7} {'bound/s':>7} {'ach/bnd':>7} {'429':>4} {'ban':>4}")
@@ -509,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --budget published: skip the run at ccxt's pace that it is compared with")
     parser.add_argument("--emulator", choices=("inprocess", "subprocess"), default="inprocess",
                         help="run the emulator in this process (default) or in its own process")
+    parser.add_argument("--workers", choices=("process", "loop"), default="process",
+                        help="process (default): one process per exchange, as one Airflow task per exchange "
+                             "runs; loop: every exchange in this process's one event loop (shares its GIL)")
     parser.add_argument("--pairs-in-flight", type=int, help="override collect.pairs_in_flight")
     parser.add_argument("--requests-in-flight", type=int, help="override collect.requests_in_flight")
     parser.add_argument("-v", "--verbose", action="store_true", help="log collect.py's warnings (retries)")
@@ -544,7 +604,10 @@ def main(argv: list[str] | None = None) -> int:
         for budget in passes:
             emu.post("limits", {"reset": True})   # each pass starts with the exchanges' windows empty
             runs = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
-            total_wall = asyncio.run(run_all(runs, emu, args, universe, start, end, cfg, budget))
+            if args.workers == "process":
+                runs, total_wall = run_processes(runs, emu, args, start, end, cfg, budget)
+            else:
+                total_wall = asyncio.run(run_all(runs, emu, args, universe, start, end, cfg, budget))
             results[budget] = (runs, total_wall)
     for budget in passes:
         runs, total_wall = results[budget]

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import Param, dag
 
-from candleflow.config import EXCHANGES, TIMEFRAMES
+from candleflow.config import BUDGETS, EXCHANGES, TIMEFRAMES
 from candleflow_airflow.defaults import default_args
 from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
 
@@ -45,6 +45,10 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
                      description="Exclusive; after start."),
         "force": Param(False, type="boolean", title="Force",
                        description="Fetch chunks the gap ledger already shows complete (default: skip them)."),
+        "budget": Param("ccxt", type="string", enum=list(BUDGETS), title="Rate-limit budget",
+                        description="ccxt: ccxt's own spacing (conservative). published: each exchange's published "
+                                    "limit × the margin in include/config/budgets.yaml (faster; see the README, "
+                                    "'Choosing a rate-limit budget')."),
     },
 )
 def ohlcv_backfill():

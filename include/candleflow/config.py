@@ -285,6 +285,7 @@ class Budget:
     margin: float = 0.8
     steer_at: float = 0.9
     ban_seconds: float = 600.0
+    pool_slots: int = 2                         # Airflow pool candleflow_<exchange>: ingest tasks at once
 
 
 def load_budgets() -> tuple[dict[str, Budget], str | None, float]:
@@ -323,9 +324,25 @@ def load_budgets() -> tuple[dict[str, Budget], str | None, float]:
         budgets[ex_id] = Budget(
             exchange=ex_id, unit=str(ex["unit"]), source=str(ex["source"]), buckets=tuple(buckets),
             margin=_fraction(ex.get("margin", margin), f"{at}.margin"), steer_at=steer_at,
-            ban_seconds=_positive(ex.get("ban_seconds", 600), f"{at}.ban_seconds"))
+            ban_seconds=_positive(ex.get("ban_seconds", 600), f"{at}.ban_seconds"),
+            pool_slots=_slots(ex.get("pool_slots", data.get("pool_slots", 2)), f"{at}.pool_slots"))
     state_dir = os.environ.get("CANDLEFLOW_LIMITER_STATE_DIR", data.get("state_dir"))
     return budgets, state_dir, ccxt_guard
+
+
+def exchange_pools() -> dict[str, dict]:
+    """The Airflow pools the ingest tasks run in, one per exchange: {name: {"slots", "description"}}
+    (created at startup: `airflow pools set <name> <slots> "<description>"`)."""
+    budgets, _, _ = load_budgets()
+    return {f"candleflow_{ex}": {"slots": b.pool_slots,
+                                 "description": f"ingest tasks against {ex} at once (include/config/budgets.yaml)"}
+            for ex, b in budgets.items()}
+
+
+def _slots(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: {value!r} is invalid; use a whole number of Airflow pool slots >= 1")
+    return value
 
 
 def _fraction(value: Any, where: str) -> float:

@@ -1,18 +1,23 @@
 """The OHLCV ingest task graph, shared by the scheduled `ohlcv_ingest_<tf>` DAGs and `ohlcv_backfill`.
 
-    plan ──► ingest[exchange] ──► verdict[exchange]        (fails if a batch was quarantined)
-                 │
-                 ├──► quality_checks  (cross-exchange closes, freshness, the run's GX Data Docs)
+    plan ──► ingest_<exchange> ──► verdict_<exchange>        (fails if a batch was quarantined)
+                 │   (pool candleflow_<exchange>)
                  ├──► announce_<tf>   (emits the candleflow_ohlcv_<tf> asset once per run, listing what landed)
                  ├──► coverage_report (coverage table + heatmap of the run's pairs, in the lake)
                  └──► fail_if_any_exchange_failed (watcher: a partial failure fails the run)
 
-- ingest: one mapped task per exchange, which owns that exchange's ccxt client and rate limit and
-  loops over the symbols (candleflow.ingest.ingest_exchange): collect → GX suite → lake or
-  quarantine → gap ledger, per chunk, skipping chunks already complete unless `force`. A symbol
-  the exchange does not list is skipped with its reason. An exchange error that survives the
-  in-task retries fails the task *after* the other symbols landed, so Airflow retries it (only
-  the incomplete chunks are fetched again in a backfill).
+- ingest_<exchange>: one task per exchange, in that exchange's Airflow pool `candleflow_<exchange>`
+  (created at startup with the slots of include/config/budgets.yaml `pool_slots`), so concurrent
+  DAGs — the 1m schedule beside a backfill — never run more tasks against one exchange than its
+  pool allows. (A mapped task has one pool for all its instances, hence one task per exchange.)
+  It owns that exchange's async ccxt client and loops over the symbols
+  (candleflow.ingest.ingest_exchange): collect → GX suite → lake or quarantine → gap ledger, per
+  chunk, skipping chunks already complete unless `force`. Its requests go through the exchange's
+  limiter (candleflow.ratelimit), shared by every task process on the host; a ban alerts through
+  the `candleflow_alerts` webhook. An exchange the run does not cover is skipped. A symbol the
+  exchange does not list is skipped with its reason. An exchange error that survives the in-task
+  retries fails the task *after* the other symbols landed, so Airflow retries it (only the
+  incomplete chunks are fetched again in a backfill).
 - verdict: fails with the quality summary when any batch of that exchange was quarantined (no
   retry: bad data does not heal); alerts once per exchange.
 - announce runs when every exchange is done: one asset event, so `train_models` starts once per
@@ -25,7 +30,13 @@ from __future__ import annotations
 
 from airflow.sdk import TriggerRule, get_current_context, task
 
+from candleflow.config import EXCHANGES
 from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
+
+
+def exchange_pool(exchange: str) -> str:
+    """The Airflow pool every ingest task of `exchange` runs in (candleflow.config.exchange_pools)."""
+    return f"candleflow_{exchange}"
 
 
 def _s3_client(conn_id: str):
@@ -34,14 +45,15 @@ def _s3_client(conn_id: str):
     return S3Hook(aws_conn_id=conn_id).get_conn()
 
 
-def _requests(pairs: list[dict], *, force: bool = False, chunk_seconds: int | None = None) -> list[dict]:
+def _requests(pairs: list[dict], *, force: bool = False, chunk_seconds: int | None = None,
+              budget: str | None = None) -> list[dict]:
     """Group the planned (exchange, symbol) pairs into one request per exchange."""
     by_exchange: dict[str, dict] = {}
     for pair in pairs:
         request = by_exchange.setdefault(pair["exchange"], {
             "exchange": pair["exchange"], "symbols": [], "timeframe": pair["timeframe"], "quotes": pair["quotes"],
             "page_size": pair.get("page_size"), "start": pair["start"], "end": pair["end"], "force": force,
-            "chunk_seconds": chunk_seconds, "names": {},
+            "chunk_seconds": chunk_seconds, "names": {}, "budget": budget,
         })
         request["symbols"].append(pair["symbol"])
         request["names"][pair["symbol"]] = pair.get("names") or [pair["symbol"]]
@@ -70,33 +82,67 @@ def plan_from_params() -> list[dict]:
     called; logs what the request will cost at the exchanges' rate limits."""
     import logging
 
+    from candleflow.config import parse_budget
     from candleflow.plan import estimate_cost, plan_pairs
 
     params = get_current_context()["params"]
+    # refused before any exchange is called, like the other params
+    budget = parse_budget(params["budget"], "params.budget") if params.get("budget") else None
     pairs = plan_pairs(exchanges=params.get("exchanges"), symbols=params.get("symbols"),
                        timeframe=params["timeframe"], start=params["start"], end=params["end"])
     for line in estimate_cost(pairs):
         logging.getLogger("candleflow.ingest").info(line)
-    return _requests(pairs, force=bool(params.get("force")))
+    return _requests(pairs, force=bool(params.get("force")), budget=budget)
 
 
-@task(map_index_template="{{ exchange_label }}")
-def ingest(request: dict) -> dict:
+def _ban_alert(conn_id: str):
+    """Deliver a limiter's ban alert to the failure webhook (the payload of candleflow.ratelimit.ban_payload)."""
+    def send(payload: dict) -> None:
+        import logging
+
+        from airflow.providers.http.hooks.http import HttpHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            HttpHook(method="POST", http_conn_id=conn_id).run(endpoint=None, json=payload,
+                                                                extra_options={"timeout": 10})
+        except AirflowNotFoundException:
+            logging.getLogger("candleflow.ratelimit").warning("No connection %r: ban alert not sent", conn_id)
+
+    return send
+
+
+@task
+def ingest(requests: list[dict], exchange: str) -> dict:
+    """This exchange's part of the plan (skipped when the run does not cover it)."""
+    from dataclasses import replace
     from datetime import timedelta
 
-    from candleflow.config import load_pipeline, load_universe, parse_utc
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from candleflow import ratelimit
+    from candleflow.config import load_pipeline, load_universe, parse_budget, parse_utc
     from candleflow.ingest import ingest_exchange
 
+    request = next((r for r in requests or [] if r["exchange"] == exchange), None)
+    if request is None:
+        raise AirflowSkipException(f"{exchange} is not part of this run")
     cfg = load_pipeline()
-    exchange = request["exchange"]
-    get_current_context()["exchange_label"] = exchange  # the mapped instance's name in the UI
+    collect_cfg = cfg.collect
+    if request.get("budget"):
+        collect_cfg = replace(collect_cfg, budget=parse_budget(request["budget"], "budget"))
+    limiter = None
+    if collect_cfg.enable_rate_limit:
+        limiter = ratelimit.limiter_for(exchange, collect_cfg, alert=_ban_alert(cfg.alerts_conn_id),
+                                        mode=cfg.exchange_mode)
     page_size = request.get("page_size") or load_universe().exchanges[exchange].page_size
     chunk = timedelta(seconds=request["chunk_seconds"]) if request.get("chunk_seconds") else None
     report = ingest_exchange(
         _s3_client(cfg.lake.aws_conn_id), cfg.lake, exchange=exchange, symbols=request["symbols"],
         timeframe=request["timeframe"], start=parse_utc(request["start"], "start"), end=parse_utc(request["end"], "end"),
         quotes=request["quotes"], page_size=page_size, mode=cfg.exchange_mode, emulator_url=cfg.emulator_url,
-        collect_cfg=cfg.collect, force=request.get("force", False), chunk=chunk, names=request.get("names"),
+        collect_cfg=collect_cfg, force=request.get("force", False), chunk=chunk, names=request.get("names"),
+        limiter=limiter,
     )
     failed = report.by_status("failed")
     if failed:
@@ -218,14 +264,16 @@ def fail_if_any_exchange_failed() -> None:
 
 
 def ohlcv_ingest_graph(requests, timeframes: tuple[str, ...]) -> None:
-    """Wire ingest, verdict, announce (one per timeframe the DAG may collect), coverage and the
-    watcher after a plan task."""
-    reports = ingest.expand(request=requests)
-    verdicts = verdict.expand(report=reports)
+    """Wire ingest and verdict per exchange (each ingest in its exchange's pool), announce (one per
+    timeframe the DAG may collect), coverage and the watcher after a plan task."""
+    reports = [ingest.override(task_id=f"ingest_{exchange}", pool=exchange_pool(exchange))(requests, exchange=exchange)
+               for exchange in EXCHANGES]
+    verdicts = [verdict.override(task_id=f"verdict_{exchange}")(report)
+                for exchange, report in zip(EXCHANGES, reports, strict=True)]
     done = [announce.override(task_id=f"announce_{tf}", outlets=[OHLCV_BY_TIMEFRAME[tf]])(reports, timeframe=tf)
             for tf in timeframes]
     cov = coverage_report(reports)
     checks = quality_checks(reports)
     watcher = fail_if_any_exchange_failed()
-    [reports, verdicts, checks] >> watcher
+    [*reports, *verdicts, checks] >> watcher
     [*done, cov] >> watcher
