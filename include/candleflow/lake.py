@@ -120,14 +120,14 @@ def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol
     return [r for r in results if r is not None]
 
 
-def _in_flight(fn, items: list, workers: int = PUT_CONCURRENCY) -> list:
+def _in_flight(fn, items: list, workers: int | None = None) -> list:
     """fn over items, results in order; S3 calls are latency-bound, so a few run at once (boto3
     clients are thread-safe)."""
     if len(items) <= 1:
         return [fn(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers or PUT_CONCURRENCY, len(items))) as pool:
         return list(pool.map(fn, items))
 
 
