@@ -507,9 +507,9 @@ def ingest_exchange(s3, bucket: str, exchange: str, start: datetime, end: dateti
             markets[symbol] = market
     intervals = funding_intervals(client, call, markets) if markets and start_ms < end_ms else {}
     failures = []
-    for symbol, market in markets.items():
-        import ccxt
+    import ccxt
 
+    for symbol, market in markets.items():
         rep = SymbolReport(symbol, market)
         report.symbols.append(rep)
         interval = intervals.get(symbol)

@@ -22,8 +22,6 @@ from candleflow_airflow.assets import FUNDING, OPEN_INTEREST
 
 @task
 def plan_derivatives() -> list[dict]:
-    from datetime import timedelta
-
     from candleflow.config import ConfigError, parse_utc
     from candleflow.derivatives import load_config
 
@@ -46,8 +44,6 @@ def plan_derivatives() -> list[dict]:
     bad = [s for s in symbols if s not in cfg.symbols]
     if bad:
         raise ConfigError(f"symbols: {bad} are not in derivatives.yaml's symbols; use some of {', '.join(cfg.symbols)}")
-    if end - start > timedelta(days=3660):
-        raise ConfigError("start/end: a window over 10 years is surely a mistake; split it")
     return [{"exchange": ex, "symbols": symbols, "start": start.isoformat(), "end": end.isoformat()}
             for ex in exchanges]
 

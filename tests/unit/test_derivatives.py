@@ -174,6 +174,23 @@ def test_transient_errors_are_retried(s3_client, bucket, emulator, cfg, faults):
     assert eth.funding_rows == 30 and eth.funding_gaps == 0 and eth.error is None
 
 
+def test_a_rate_limit_refusal_waits_the_retry_after_the_venue_sent(emulator, cfg, faults):
+    import time
+
+    client = derivatives.open_client("bybit", cfg.venues["bybit"], mode="emulator", emulator_url=emulator.url,
+                                     collect_cfg=FAST)
+    client.load_markets()
+    call = derivatives.Caller(client, FAST)   # its own backoff: 0.01 s
+    since = int(START.timestamp() * 1000)
+    faults([{"kind": "http_error", "exchange": "bybit", "symbol": "ETH", "status": 429, "retry_after": 2,
+             "count": 1}])
+    began = time.monotonic()
+    rows = call("funding", client.fetch_funding_rate_history, "ETH/USDT:USDT", since=since, limit=10,
+                params={"until": since + 86_400_000})
+    assert time.monotonic() - began >= 2
+    assert len(rows) == 4 and call.requests == 2
+
+
 def test_persistent_network_failure_fails_after_the_other_symbols_landed(s3_client, bucket, emulator, cfg, faults):
     # ETH's history requests keep failing (more 502s than retries); BTC's do not
     faults([{"kind": "http_error", "exchange": "binance", "symbol": "ETH", "status": 502, "count": 1000}])
