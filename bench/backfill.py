@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -94,6 +95,8 @@ class ExchangeRun:
     error: str | None = None
     limiter: object = None               # candleflow.ratelimit.Limiter of this exchange
     started_at: float = 0.0              # epoch seconds: the timed window (process workers)
+    sample_url: str = ""                 # one candle-page request of the run
+    ceiling: float = 0.0                 # candle pages/s the emulator serves this exchange at most (calibrated)
     ended_at: float = 0.0
 
     # --- derived -------------------------------------------------------------------------------
@@ -231,6 +234,9 @@ def instrument(client, run: ExchangeRun, timing: dict) -> None:
 
     async def fetch(*args, **kwargs):
         t = time.perf_counter()
+        url = str(args[0] if args else kwargs.get("url", ""))
+        if not run.sample_url and urllib.parse.urlsplit(url).path.rstrip("/").endswith(OHLCV_PATHS):
+            run.sample_url = url                # replayed by the emulator-ceiling calibration
         try:
             return await orig_fetch(*args, **kwargs)
         finally:
@@ -416,6 +422,36 @@ async def run_all(runs: list[ExchangeRun], emu: Emulator, args, universe, start,
     return time.perf_counter() - t0
 
 
+def calibrate(emu: Emulator, runs: list[ExchangeRun], in_flight: int, seconds: float = 4.0) -> None:
+    """The emulator's own ceiling: each exchange's recorded candle-page request replayed by
+    `in_flight` raw HTTP clients (no ccxt, limits off), all exchanges at once as in the run.
+    Achieved ÷ ceiling shows whether the client or the emulator (its page rendering, one process
+    on this machine's cores) is what limits a run."""
+    import aiohttp
+
+    async def hammer(run: ExchangeRun) -> None:
+        count, stop = 0, time.perf_counter() + seconds
+        async with aiohttp.ClientSession() as session:
+            async def worker():
+                nonlocal count
+                while time.perf_counter() < stop:
+                    async with session.get(run.sample_url) as resp:
+                        await resp.read()
+                        count += resp.status == 200
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+        run.ceiling = count / seconds
+
+    emu.post("limits", {"enforce": False})
+    try:
+        asyncio.run(_gather(*(hammer(r) for r in runs if r.sample_url)))
+    finally:
+        emu.post("limits", {"enforce": True, "reset": True})
+
+
+async def _gather(*coros):
+    return await asyncio.gather(*coros)
+
+
 # --- report --------------------------------------------------------------------------------------
 
 def fmt_duration(seconds: float) -> str:
@@ -433,7 +469,7 @@ def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, start
           f"emulator {args.emulator}, workers {args.workers}, clock {CLOCK}, budget {args.budget_label}"
           )
     head = (f"{'exchange':9} {'pairs':>5} {'candles':>9} {'req':>5} {'ohlcv':>5} {'wall s':>7} {'candles/s':>10} "
-            f"{'req/s':>6} {'ohlcv/s':>7} {'bound/s':>7} {'ach/bnd':>7} {'429':>4} {'ban':>4}")
+            f"{'req/s':>6} {'ohlcv/s':>7} {'bound/s':>7} {'ach/bnd':>7} {'429':>4} {'ban':>4} {'emu/s':>6} {'ach/emu':>7}")
     print(head)
     print("-" * len(head))
     for r in runs:
@@ -443,7 +479,7 @@ def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, start
         print(f"{r.exchange:9} {r.pairs:>5} {r.candles:>9} {r.requests:>5} {r.ohlcv_requests:>5} {r.wall_s:>7.1f} "
               f"{r.candles / r.wall_s if r.wall_s else 0:>10.0f} {r.requests / r.wall_s if r.wall_s else 0:>6.2f} "
               f"{r.achieved:>7.2f} {r.bound:>7.2f} {r.efficiency:>7.3f} {r.delta('rate_limited'):>4} "
-              f"{r.delta('banned'):>4}")
+              f"{r.delta('banned'):>4} {r.ceiling:>6.1f} {r.achieved / r.ceiling if r.ceiling else 0:>7.3f}")
     ok = [r for r in runs if not r.error]
     candles = sum(r.candles for r in ok)
     reqs = sum(r.requests for r in ok)
@@ -452,7 +488,8 @@ def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, start
           f"{total_wall:>7.1f} {candles / total_wall if total_wall else 0:>10.0f} {reqs / total_wall if total_wall else 0:>6.2f}"
           f"{'':>25} {sum(r.delta('rate_limited') for r in ok):>4} {sum(r.delta('banned') for r in ok):>4}")
 
-    print("\nbound = 1000 / (ccxt rateLimit ms × cost ccxt charges the OHLCV call); achieved = OHLCV requests / wall")
+    print("\nbound = 1000 / (ccxt rateLimit ms × cost ccxt charges the OHLCV call); achieved = OHLCV requests / wall;"
+          "\nemu/s = candle pages/s the emulator itself serves (raw clients, limits off, all exchanges at once)")
     for r in ok:
         print(f"  {r.exchange:9} {r.ohlcv_endpoint:48} rateLimit {r.rate_limit_ms:g} ms × cost {r.ohlcv_cost:g} "
               f"= {r.rate_limit_ms * r.ohlcv_cost:g} ms per page of {r.page_size} → {r.bound:.2f} req/s")
@@ -569,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", choices=("process", "loop"), default="process",
                         help="process (default): one process per exchange, as one Airflow task per exchange "
                              "runs; loop: every exchange in this process's one event loop (shares its GIL)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="skip measuring the emulator's own page rate (the emu/s column)")
     parser.add_argument("--pairs-in-flight", type=int, help="override collect.pairs_in_flight")
     parser.add_argument("--requests-in-flight", type=int, help="override collect.requests_in_flight")
     parser.add_argument("-v", "--verbose", action="store_true", help="log collect.py's warnings (retries)")
@@ -609,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 total_wall = asyncio.run(run_all(runs, emu, args, universe, start, end, cfg, budget))
             results[budget] = (runs, total_wall)
+        if not args.no_calibrate:
+            last = results[passes[-1]][0]
+            calibrate(emu, last, cfg.requests_in_flight)
+            for budget in passes:
+                for r, c in zip(results[budget][0], last, strict=True):
+                    r.ceiling = c.ceiling
     for budget in passes:
         runs, total_wall = results[budget]
         args.budget_label = budget

@@ -14,7 +14,7 @@ What it does with a request:
   coinbase per second, kraken's decaying call counter per pair) is a GCRA (virtual scheduling):
   a sustained rate of `margin × limit / window` and a burst of `(1 - margin) / 2 × limit`
   (counters: `margin × max`), so any sliding window holds at most `(1 + margin) / 2` of the limit
-  and a counter never exceeds its maximum. Each request reserves its slot, then sleeps until it.
+  (plus one request) and a counter never exceeds its maximum. Each request reserves its slot, then sleeps until it.
   With budget `ccxt` ccxt's throttle paces and the limiter is a guard at `ccxt_guard` (95 %) of
   the published limit: ccxt's spacing sits at the limit on binance and coinbase, and with several
   requests in flight network jitter alone would push a sliding window over it.

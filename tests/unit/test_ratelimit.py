@@ -1,0 +1,213 @@
+"""candleflow.ratelimit: the per-exchange limiter, against the emulator's enforcement of the
+published limits and across real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from candleflow import ratelimit
+from candleflow.collect import make_exchange
+from candleflow.config import CollectConfig, ConfigError, load_budgets, parse_budget
+from candleflow.emulator import EmulatorServer
+
+OKX_HISTORY = "https://www.okx.com/api/v5/market/history-candles?instId=BTC-USDT&bar=1m"
+
+
+def _budget(exchange: str):
+    return load_budgets()[0][exchange]
+
+
+def _max_in_window(stamps: list[float], seconds: float) -> int:
+    stamps = sorted(stamps)
+    best, lo = 0, 0
+    for hi, t in enumerate(stamps):
+        while t - stamps[lo] >= seconds:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def _acquire_many(state_dir: str, n: int, start_at: float, out) -> None:
+    """One process of the test below: n okx history-candles requests through a limiter on state_dir."""
+    limiter = ratelimit.Limiter(_budget("okx"), state_dir, path_prefix="")
+
+    async def run():
+        stamps = []
+        for _ in range(n):
+            await limiter.acquire(OKX_HISTORY)
+            stamps.append(time.time())
+        return stamps
+
+    time.sleep(max(0.0, start_at - time.time()))
+    out.put(asyncio.run(run()))
+
+
+def _run_processes(dirs: list[str], n: int) -> list[float]:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 3.0   # after both interpreters started
+    procs = [ctx.Process(target=_acquire_many, args=(d, n, start_at, out)) for d in dirs]
+    for p in procs:
+        p.start()
+    stamps = [t for _ in procs for t in out.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=10)
+    return stamps
+
+
+def test_two_processes_share_one_budget(tmp_path):
+    # okx history-candles: 20 per 2 s published; margin 0.8 → 8/s and a burst of 2, so any 2 s
+    # window holds at most (1 + 0.8) / 2 × 20 + 1 = 19 requests whoever sends them: within the limit
+    shared = _run_processes([str(tmp_path / "shared")] * 2, 15)
+    assert _max_in_window(shared, 2.0) <= 20
+    assert max(shared) - min(shared) >= (30 - 2) / 8 - 0.3   # together they pace as one
+
+    # the same two processes with a limiter each (no shared state) exceed the published limit
+    apart = _run_processes([str(tmp_path / "a"), str(tmp_path / "b")], 15)
+    assert _max_in_window(apart, 2.0) > 20
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=True) as server:
+        yield server
+
+
+def _pages(emulator, exchange: str, limiter, n: int, enable_rate_limit: bool = False) -> tuple[float, int]:
+    """n candle pages, 8 in flight, through `limiter` (None: unthrottled); (seconds, pages refused)."""
+    import ccxt
+
+    async def run():
+        client = make_exchange(exchange, mode="emulator", emulator_url=emulator.url,
+                               enable_rate_limit=enable_rate_limit, asynchronous=True, limiter=limiter)
+        gate, refused = asyncio.Semaphore(8), 0
+        try:
+            await client.load_markets()
+            since = 1729900800000   # 2024-10-26
+
+            async def page(i):
+                nonlocal refused
+                async with gate:
+                    try:
+                        await client.fetch_ohlcv("BTC/USD", "1m", since=since + i * 300 * 60_000, limit=300)
+                    except ccxt.RateLimitExceeded:
+                        refused += 1
+
+            started = time.monotonic()
+            await asyncio.gather(*(page(i) for i in range(n)))
+            return time.monotonic() - started, refused
+        finally:
+            await client.close()
+
+    emulator.limits.reset()
+    return asyncio.run(run())
+
+
+def test_the_published_budget_is_spent_without_a_refusal(emulator, tmp_path):
+    # coinbase: 10 public requests per rolling second. Unthrottled, 8 in flight are refused at once.
+    _, refused = _pages(emulator, "coinbase", None, 30)
+    assert refused > 0
+    before = emulator.outcomes["coinbase"]["rate_limited"]
+    limiter = ratelimit.Limiter(_budget("coinbase"), tmp_path)
+    seconds, refused = _pages(emulator, "coinbase", limiter, 40)
+    assert refused == 0 and emulator.outcomes["coinbase"]["rate_limited"] == before
+    # margin 0.8 of 10/s: 40 pages take about (40 - 1) / 8 s; a loaded machine may only slow it down
+    assert seconds >= (40 - 1) / 8 - 0.3
+    assert 40 / seconds >= 0.6 * 10
+
+
+def test_a_429_holds_every_collector_for_retry_after_and_halves_the_pace(emulator, tmp_path):
+    limiter = ratelimit.Limiter(_budget("binance"), tmp_path)
+    emulator.faults.set([{"exchange": "binance", "kind": "http_error", "status": 429, "retry_after": 2, "count": 1}])
+    try:
+        async def run():
+            import ccxt
+
+            client = make_exchange("binance", mode="emulator", emulator_url=emulator.url, enable_rate_limit=False,
+                                   asynchronous=True, limiter=limiter)
+            try:
+                with pytest.raises(ccxt.DDoSProtection):
+                    await client.load_markets()
+                refused_at = time.monotonic()
+                await client.load_markets()   # waits for the Retry-After before it is sent
+                return time.monotonic() - refused_at
+            finally:
+                await client.close()
+
+        waited = asyncio.run(run())
+    finally:
+        emulator.faults.set([])
+    assert waited >= 1.8
+    state = limiter.snapshot()
+    assert state["refusals"] == 1 and state["factor"] == pytest.approx(0.5, abs=0.05)
+    assert limiter.stats.rate_limited == 1
+
+
+def test_binance_used_weight_header_steers(tmp_path):
+    limiter = ratelimit.Limiter(_budget("binance"), tmp_path, path_prefix="")
+    url = "https://api.binance.com/api/v3/klines?symbol=BTCUSDT"
+    now = time.time()
+    limiter.observe(url, 200, {"X-MBX-USED-WEIGHT-1M": "3000"}, "[]")   # our own pace: no hold
+    assert limiter.snapshot().get("hold_until", 0) < now
+    # another client on the IP spent 5900 of 6000: hold until 500 weight (above 90 %) has drained
+    limiter.observe(url, 200, {"X-MBX-USED-WEIGHT-1M": "5900"}, "[]")
+    assert limiter.snapshot()["hold_until"] - now == pytest.approx(500 / 100, abs=0.5)
+
+
+def test_bybit_remaining_header_steers_until_its_reset(tmp_path):
+    limiter = ratelimit.Limiter(_budget("bybit"), tmp_path, path_prefix="")
+    url = "https://api.bybit.com/v5/market/kline?symbol=BTCUSDT"
+    reset_ms = (time.time() + 1.5) * 1000
+    limiter.observe(url, 200, {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "400",
+                               "X-Bapi-Limit-Reset-Timestamp": str(int(reset_ms))}, "{}")
+    assert limiter.snapshot().get("hold_until", 0) < time.time()
+    limiter.observe(url, 200, {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "20",
+                               "X-Bapi-Limit-Reset-Timestamp": str(int(reset_ms))}, "{}")
+    assert limiter.snapshot()["hold_until"] == pytest.approx(reset_ms / 1000, abs=0.01)
+
+
+def test_kraken_meters_each_pair_on_its_own_counter(tmp_path):
+    limiter = ratelimit.Limiter(_budget("kraken"), tmp_path, path_prefix="")
+    charges = {key for key, _, _ in limiter._charges("https://api.kraken.com/0/public/OHLC?pair=XBTUSD&interval=1")}
+    other = {key for key, _, _ in limiter._charges("https://api.kraken.com/0/public/OHLC?pair=ETHUSD&interval=1")}
+    assert charges != other and len(charges) == len(other) == 1
+    assert {k for k, _, _ in limiter._charges("https://api.kraken.com/0/public/Time")} == {"counter_ip"}
+
+
+@pytest.fixture
+def config_copy(tmp_path, monkeypatch):
+    src = Path(__file__).resolve().parents[2] / "include" / "config"
+    dst = tmp_path / "config"
+    shutil.copytree(src, dst)
+    monkeypatch.setenv("CANDLEFLOW_CONFIG_DIR", str(dst))
+    return dst
+
+
+def test_a_budget_without_its_source_is_refused_naming_the_field(config_copy):
+    data = yaml.safe_load((config_copy / "budgets.yaml").read_text())
+    del data["exchanges"]["bybit"]["source"]
+    (config_copy / "budgets.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"exchanges\.bybit\.source"):
+        load_budgets()
+
+
+def test_a_margin_above_the_published_limit_is_refused(config_copy):
+    data = yaml.safe_load((config_copy / "budgets.yaml").read_text())
+    data["exchanges"]["okx"]["margin"] = 1.2
+    (config_copy / "budgets.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"exchanges\.okx\.margin"):
+        load_budgets()
+
+
+def test_an_unknown_budget_choice_is_refused():
+    with pytest.raises(ConfigError, match="params.budget.*'ccxt'.*'published'"):
+        parse_budget("fast", "params.budget")
+    assert ratelimit.limiter_for("okx", CollectConfig(budget="ccxt")).margin == load_budgets()[2]
+    assert ratelimit.limiter_for("okx", CollectConfig(budget="published")).margin == _budget("okx").margin
