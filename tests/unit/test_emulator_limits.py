@@ -218,3 +218,18 @@ def test_ccxt_with_its_own_throttle_never_hits_the_published_limits(emulator):
         if exchange_id != "kraken":
             assert counts[exchange_id] == size * pages, exchange_id
     assert elapsed < 40
+
+
+def test_a_forced_ban_answers_like_the_exchange_until_it_ends(emulator):
+    """`force_ban` (for tests of a client's ban handling) bans the client IP as continued abuse would."""
+    raw = Raw(emulator)
+    assert emulator.limits.exchanges["binance"].force_ban(2) == 2
+    status, headers, body = raw.get("/binance/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=10")
+    assert status == 418 and int(headers["retry-after"]) in (1, 2) and body["code"] == -1003
+    emulator.limits.exchanges["bybit"].force_ban(2)
+    status, _, body = raw.get("/bybit/v5/market/time")
+    assert status == 403 and "access too frequent" in body
+    assert admin(emulator, "GET", "limits")[1]["exchanges"]["binance"]["bans"] == 1
+    time.sleep(2.1)
+    assert raw.get("/binance/api/v3/time")[0] == 200
+    assert raw.get("/bybit/v5/market/time")[0] == 200
