@@ -112,6 +112,8 @@ def table_rows(report: QualityReport, *, suite: str, exchange: str, symbol: str,
         res = item.get("result") or {}
         failure = failed.get((cfg.get("type"), column))
         count = failure.get("unexpected_count") if failure else res.get("unexpected_count", 0)
+        if cfg.get("type") == "expect_table_row_count_to_be_between":  # missing candles, also within the limit
+            count = report.continuity.get("missing", count)
         observed = failure.get("observed_value") if failure else res.get("observed_value")
         base = dict(ts=window_start, window_end=window_end, suite=suite, rule=meta.get("rule", ""),
                     expectation=cfg.get("type", ""), column=column, severity=meta.get("severity", "error"),
