@@ -22,7 +22,7 @@ What it does with a request:
   `X-Bapi-Limit-Status` below `(1 - steer_at) × limit`, means someone else spends the IP's budget
   too: every collector holds until the excess has drained (bybit: its reset timestamp).
 - **429** (or bybit retCode 10006, kraken `EAPI:Rate limit exceeded`): hold for `Retry-After`
-  (or one window) and halve the pace; it recovers linearly over a minute (AIMD).
+  (or one window) and halve the pace; it recovers linearly over 15 s (AIMD).
 - **ban** (binance 418, bybit 403): stop the exchange for every process until the ban's
   `Retry-After` (or `ban_seconds`) has passed, alert once, then resume. The request that met the
   ban fails as ccxt raises it (a `NetworkError`): the collector's retry waits here and re-sends it.
@@ -48,7 +48,10 @@ from candleflow.config import Budget, BudgetBucket, CollectConfig, ConfigError, 
 
 log = logging.getLogger(__name__)
 
-RECOVERY_SECONDS = 60.0     # a halved pace is back to full after this long without a refusal
+# a halved pace is back to full after this long without a refusal: long enough to stop a burst
+# of refusals, short enough that one stray 429 (measured: jitter on coinbase's 1 s window) does
+# not slow a whole backfill
+RECOVERY_SECONDS = 15.0
 MIN_FACTOR = 0.1
 
 
