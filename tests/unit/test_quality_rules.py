@@ -179,3 +179,20 @@ def test_freshness_flags_a_pair_whose_newest_candle_is_late_or_missing():
     [failure] = report.failed
     assert failure["rule"] == "freshness" and failure["unexpected_count"] == 2
     assert {e["exchange"] for e in failure["examples"]} == {"kraken", "bybit"}
+
+
+def test_an_edited_quality_yaml_applies_to_the_next_validation(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    shutil.copytree(config_dir(), tmp_path, dirs_exist_ok=True)
+    monkeypatch.setenv("CANDLEFLOW_CONFIG_DIR", str(tmp_path))
+    frame = candles().drop(index=[10, 11, 12]).reset_index(drop=True)
+    assert validate_ohlcv(frame, "1h").success  # continuity: warn
+    path = tmp_path / "quality.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["batch"]["continuity"]["severity"] = "error"
+    path.write_text(yaml.safe_dump(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    report = validate_ohlcv(frame, "1h")
+    assert not report.success and report.errors[0]["rule"] == "continuity"

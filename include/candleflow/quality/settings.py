@@ -117,5 +117,20 @@ def parse_quality(data: dict, where: str = "quality.yaml") -> QualityConfig:
                          data_docs_include_passed=bool(results.get("data_docs_include_passed", False)))
 
 
+_CACHE: dict[tuple[str, int], QualityConfig] = {}
+
+
 def load_quality() -> QualityConfig:
-    return parse_quality(load_yaml("quality.yaml"), str(config_dir() / "quality.yaml"))
+    """quality.yaml, parsed once per version of the file (every batch asks for it)."""
+    path = config_dir() / "quality.yaml"
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        key = None  # load_yaml names the missing file
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    config = parse_quality(load_yaml("quality.yaml"), str(path))
+    if key is not None:
+        _CACHE.clear()
+        _CACHE[key] = config
+    return config
