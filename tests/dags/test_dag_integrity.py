@@ -60,7 +60,7 @@ def test_no_import_errors(dag_bag):
 
 def test_expected_dags_present(dag_bag):
     assert {"ohlcv_ingest_1m", "ohlcv_ingest_5m", "ohlcv_ingest_15m", "ohlcv_ingest", "ohlcv_backfill",
-            "train_models"} <= set(dag_bag.dag_ids)
+            "derivatives_ingest", "features", "lake_compaction", "train_models"} <= set(dag_bag.dag_ids)
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
