@@ -3,6 +3,7 @@
 Layout (see docs/lake.md):
 
     s3://<bucket>/ohlcv/exchange=<ex>/symbol=<SYM>/timeframe=<tf>/date=<YYYY-MM-DD>/part-<from>_<to>.parquet
+                                                                              .../compacted.parquet
     s3://<bucket>/quarantine/exchange=…/symbol=…/timeframe=…/window=<from>_<to>/candles.parquet + report.json
 
 An object's key is a pure function of the data interval it holds (`<from>_<to>` is the part of the
@@ -11,7 +12,11 @@ re-run of any run or backfill overwrites the same keys with the same bytes: repl
 duplicate. A date of the window that has no candles any more has its object deleted, so the lake
 after a re-run is exactly what one run leaves. Each object is one S3 PUT, which S3 makes visible
 atomically: no reader sees half an object. Readers deduplicate (exchange, symbol, timeframe, ts)
-where an hourly object and a daily one overlap, keeping the later-named part.
+where an hourly object and a daily one overlap, keeping the later-named part; the daily
+compaction (`candleflow.compaction`) merges a day's parts into `compacted.parquet`, which sorts
+before every part. Every table (`TableSpec`: ohlcv here, the others in the modules that own them)
+is read through `read_table`, which casts old objects to the current schema (docs/lake.md,
+"Schema evolution rule").
 
 All functions take a boto3 S3 client (from the Airflow S3Hook in tasks, or a plain client), so the
 module runs the same with or without Airflow.
