@@ -14,7 +14,9 @@ What it does with a request:
   coinbase per second, kraken's decaying call counter per pair) is a GCRA (virtual scheduling):
   a sustained rate of `margin × limit / window` and a burst of `(1 - margin) / 2 × limit`
   (counters: `margin × max`), so any sliding window holds at most `(1 + margin) / 2` of the limit
-  (plus one request) and a counter never exceeds its maximum. Each request reserves its slot, then sleeps until it.
+  (plus one request) and a counter never exceeds its maximum. Small windows (coinbase, okx) also
+  check the actual send times at that share, since coroutines waking late from their slots would
+  otherwise go out together. Each request reserves its slot, then sleeps until it.
   With budget `ccxt` ccxt's throttle paces and the limiter is a guard at `ccxt_guard` (95 %) of
   the published limit: ccxt's spacing sits at the limit on binance and coinbase, and with several
   requests in flight network jitter alone would push a sliding window over it.
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 # of refusals, short enough that one stray 429 (measured: jitter on coinbase's 1 s window) does
 # not slow a whole backfill
 RECOVERY_SECONDS = 15.0
+LOGGED_LIMIT = 100          # windows this small also check actual send times (see Limiter._commit)
 MIN_FACTOR = 0.1
 
 
@@ -182,11 +185,12 @@ class Limiter:
             if wait > 0:
                 self.stats.waited_s += wait
                 await asyncio.sleep(wait)
-            if not reserved:
-                continue
-            # the reserved slot is ours unless a hold or ban started while we slept
-            if wait <= 0 or self._blocked_until() <= time.time():
+            if reserved:
                 break
+        # the slot is ours; send once no hold or ban is in force and the actual send times allow it
+        while (delay := self._commit(url)) is not None:
+            self.stats.waited_s += delay
+            await asyncio.sleep(delay)
         self.stats.requests += 1
         for _key, bucket, cost in self._charges(url):
             self.stats.spent[bucket.name] += cost
@@ -194,9 +198,36 @@ class Limiter:
         self.stats.first_at = self.stats.first_at or stamp
         self.stats.last_at = stamp
 
-    def _blocked_until(self) -> float:
+    def _commit(self, url: str) -> float | None:
+        """Record the send now, or say how long to wait first. Besides holds and bans, a small window
+        (at most LOGGED_LIMIT units: coinbase's 10/s, okx's per endpoint) also checks the *actual*
+        send times: coroutines that wake late from their reserved slots would otherwise go out
+        together and crowd a window the exchange counts exactly (measured: coinbase and okx 429s
+        on a loaded machine)."""
+        now = time.time()
+        logged = [(key, bucket, cost) for key, bucket, cost in self._charges(url)
+                  if bucket.type == "window" and bucket.limit <= LOGGED_LIMIT]
         with self._locked() as state:
-            return max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
+            blocked = max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
+            if blocked > now:
+                return blocked - now
+            logs = state.setdefault("log", {})
+            wait = 0.0
+            for key, bucket, cost in logged:
+                log_ = [e for e in logs.get(key, []) if e[0] > now - bucket.seconds]
+                logs[key] = log_
+                cap = max(cost, (1 + self.margin) / 2 * bucket.limit)
+                excess = sum(c for _, c in log_) + cost - cap
+                for t, c in log_:       # oldest first: when enough of the window has expired
+                    if excess <= 0:
+                        break
+                    excess -= c
+                    wait = max(wait, t + bucket.seconds - now)
+            if wait > 0:
+                return wait
+            for key, _bucket, cost in logged:
+                logs[key].append([now, cost])
+            return None
 
     # --- answers --------------------------------------------------------------------------------
     def observe(self, url: str, status: int, headers: dict | None, body: str | None) -> None:
