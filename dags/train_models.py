@@ -1,10 +1,11 @@
 """
 ### train_models — one model per symbol, trained on every exchange's candles, evaluated, registered, promoted
 
-Runs when the `candleflow_ohlcv_1h` asset is updated (an ingest or backfill landed candles) and by
-hand with the form below. For each symbol it snapshots the lake's candles of the training window
-(all exchanges that list it) into a training channel, with the lake partitions, row counts and the
-gap ledger's verdict beside it; trains the LSTM and a logistic-regression baseline with the
+Runs when the `candleflow_features` asset is updated (the features DAG rebuilt features after an
+ingest or backfill landed candles) and by hand with the form below. For each symbol it snapshots
+the lake's `features` rows of the training window (all exchanges that list it; `dataset: candles`
+in training.yaml trains on the candles instead) into a training channel, with the lake partitions,
+row counts and the gap ledger's verdict beside it; trains the LSTM and a logistic-regression baseline with the
 configured backend — `local` (default: a subprocess on this worker) or `sagemaker` (a real
 SageMaker training job: deferrable, managed spot with max wait, checkpoints in S3, instance type
 and hyperparameters from `include/config/training.yaml`); evaluates both, buy-and-hold and
@@ -26,14 +27,14 @@ from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOp
 from airflow.sdk import Param, dag
 
 from candleflow.config import TIMEFRAMES
-from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
+from candleflow_airflow.assets import FEATURES
 from candleflow_airflow.defaults import default_args
 from candleflow_airflow.training import train_models_graph
 
 
 @dag(
     dag_id="train_models",
-    schedule=[OHLCV_BY_TIMEFRAME["1h"]],  # the models are trained on 1h candles
+    schedule=[FEATURES],  # after the features DAG rebuilt the 1h features the models train on
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

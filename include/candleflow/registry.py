@@ -265,24 +265,26 @@ def decision_of(tracking_uri: str, name: str, version: str):
     return Decision.from_dict(data)
 
 
-def _champion_prob(client, name: str, champion, candles, label_ts):
-    """The champion's P(up) for each of `label_ts` (NaN where it has no window), or a reason why not."""
+def _champion_prob(client, name: str, champion, data, label_ts):
+    """The champion's P(up) for each of `label_ts` (NaN where it has no window), or a reason why not.
+    `data`: the job's channel rows (candles or features-table rows)."""
     import mlflow
     import numpy as np
 
-    from candleflow.training.model import FEATURES, build_samples
+    from candleflow.training.model import samples_for
 
     tags = champion.tags or {}
-    features = tags.get(TAG_FEATURES)
-    if features and features != ",".join(FEATURES):
-        return None, f"it uses features {features!r}, this code builds {','.join(FEATURES)!r}"
     try:
         window = int(tags[TAG_WINDOW])
+        names = [f for f in tags[TAG_FEATURES].split(",") if f]
     except (KeyError, ValueError):
-        return None, f"version {champion.version} has no {TAG_WINDOW} tag (registered before promotion existed)"
-    samples = build_samples(candles, window)
+        return None, f"version {champion.version} has no {TAG_WINDOW}/{TAG_FEATURES} tags (registered before promotion)"
+    try:
+        samples = samples_for(data, window, names)
+    except ValueError as exc:
+        return None, f"its inputs cannot be rebuilt from this job's data: {exc}"
     if len(samples) == 0:
-        return None, f"the candles give no {window}-candle windows"
+        return None, f"the job's data give no {window}-candle windows"
     model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
     logits = np.concatenate([np.asarray(model.predict(samples.X[i:i + 4096])).reshape(-1)
                              for i in range(0, len(samples), 4096)])
@@ -294,6 +296,7 @@ def promote(tracking_uri: str, *, name: str, version: str, model_dir: Path, cand
             policy=None, eval_cfg=None, now=None):
     """Decide `champion` or `challenger` for `version` against the current champion on the same
     window (candleflow.training.promotion), set the alias and record the decision; return it.
+    `candles`: the job's channel rows (candles, or features-table rows for a features model).
 
     Idempotent: a version that already has a decision returns it unchanged.
     """
@@ -387,19 +390,23 @@ def load_champion(tracking_uri: str, symbol: str, timeframe: str):
     return mlflow.pyfunc.load_model(f"models:/{model_name(symbol, timeframe)}@{CHAMPION}")
 
 
-def predict(tracking_uri: str, symbol: str, timeframe: str, candles, alias: str = CHAMPION):
-    """P(next candle up) from `models:/<name>@<alias>` for every window of `candles` (any lake read
-    of the symbol, all exchanges): a frame of decision_ts (the window's last candle) and p_up."""
+def predict(tracking_uri: str, symbol: str, timeframe: str, data, alias: str = CHAMPION):
+    """P(next candle up) from `models:/<name>@<alias>` for every window of `data` — candles as read
+    from the lake (every exchange) for a candle model, rows of the features table
+    (features.load_training_frame) for a features model: decision_ts (the window's last candle), p_up."""
     import mlflow
     import numpy as np
     import pandas as pd
 
-    from candleflow.training.model import prediction_windows
+    from candleflow.training.model import windows_for
 
-    _client(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{model_name(symbol, timeframe)}@{alias}")
-    shape = model.metadata.get_input_schema().inputs[0].shape  # (-1, window, n_features)
-    X, decision_ts = prediction_windows(candles, int(shape[1]))
+    client = _client(tracking_uri)
+    name = model_name(symbol, timeframe)
+    version = client.get_model_version_by_alias(name, alias)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    window = int(model.metadata.get_input_schema().inputs[0].shape[1])  # (-1, window, n_features)
+    names = [f for f in (version.tags or {}).get(TAG_FEATURES, "").split(",") if f]
+    X, decision_ts = windows_for(data, window, names)
     logits = np.asarray(model.predict(X)).reshape(-1)
     return pd.DataFrame({"decision_ts": pd.to_datetime(decision_ts, unit="ms", utc=True),
                          "p_up": 1.0 / (1.0 + np.exp(-logits))})

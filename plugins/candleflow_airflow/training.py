@@ -111,10 +111,13 @@ def plan_training() -> list[dict]:
 
 @task
 def prepare_dataset(request: dict) -> dict:
-    """Snapshot the symbol's candles (every exchange) into a training channel; return the job spec.
+    """Snapshot the symbol's training rows (every exchange) into a training channel; return the job spec.
 
-    Beside the channel, `lineage.json` records the lake objects read, the rows per partition and
-    the gap ledger's verdict on those days; `register` logs it with the run.
+    The rows are the lake's `features` table (`dataset: features` in training.yaml, the default:
+    written by the features DAG, which runs before this one) or its candles (`dataset: candles`).
+    Beside the channel, `lineage.json` records the lake objects read (and, for features, the
+    candle objects they were computed from), the rows per partition and the gap ledger's verdict
+    on those days; `register` logs it with the run.
     """
     import dataclasses
     import json
@@ -123,27 +126,42 @@ def prepare_dataset(request: dict) -> dict:
 
     from candleflow import lake
     from candleflow.config import load_pipeline, load_training, parse_utc
-    from candleflow.training.dataset import write_training_channel
+    from candleflow.training.dataset import dataset_source, write_features_channel, write_training_channel
     from candleflow.training.lineage import partition_rows, quality_summary, read_ledger
     from candleflow.training.runner import TrainingJobSpec
 
     cfg = load_pipeline()
     training = load_training()
     s3 = _s3_client(cfg.lake.aws_conn_id)
-    candles, sources = lake.read_with_sources(
-        s3, cfg.lake.bucket, symbol=request["symbol"], timeframe=request["timeframe"],
-        start=parse_utc(request["start"], "start"), end=parse_utc(request["end"], "end"),
-    )
-    if candles.empty:
-        raise AirflowSkipException(f"no {request['symbol']} {request['timeframe']} candles in the lake between "
-                                   f"{request['start']} and {request['end']}")
+    source = dataset_source()
+    start, end = parse_utc(request["start"], "start"), parse_utc(request["end"], "end")
     prefix = f"{cfg.lake.datasets_prefix}/symbol={request['symbol']}/timeframe={request['timeframe']}/job={request['job_name']}"
-    channel = write_training_channel(s3, cfg.lake.bucket, prefix, candles, sources)
-    exchanges = sorted(candles["exchange"].unique().tolist())
+    inputs: list[str] = []
+    if source == "features":
+        from candleflow import features
+
+        rows, sources = features.load_training_frame(s3, cfg.lake.bucket, request["symbol"], request["timeframe"],
+                                                     start, end)
+        if rows.empty:
+            raise AirflowSkipException(f"no {request['symbol']} {request['timeframe']} rows in the lake's features "
+                                       f"table between {request['start']} and {request['end']}: the features DAG "
+                                       "builds them (train_models runs on its asset)")
+        channel = write_features_channel(s3, cfg.lake.bucket, prefix, rows, sources)
+        inputs = sorted({src for key in sources for src in features.object_sources(s3, cfg.lake.bucket, key)})
+        levels = ("symbol", "timeframe", "date")
+    else:
+        rows, sources = lake.read_with_sources(s3, cfg.lake.bucket, symbol=request["symbol"],
+                                               timeframe=request["timeframe"], start=start, end=end)
+        if rows.empty:
+            raise AirflowSkipException(f"no {request['symbol']} {request['timeframe']} candles in the lake between "
+                                       f"{request['start']} and {request['end']}")
+        channel = write_training_channel(s3, cfg.lake.bucket, prefix, rows, sources)
+        levels = ("exchange", "symbol", "timeframe", "date")
+    exchanges = sorted(rows["exchange"].unique().tolist())
     ledger = read_ledger(s3, cfg.lake.bucket, symbol=request["symbol"], timeframe=request["timeframe"],
                          exchanges=exchanges, start=request["start"], end=request["end"])
-    lineage = {"sources": sources, "partitions": partition_rows(candles, sources),
-               "quality": quality_summary(ledger, request["start"], request["end"])}
+    lineage = {"dataset": source, "sources": sources, "partitions": partition_rows(rows, sources, levels),
+               "inputs": inputs, "quality": quality_summary(ledger, request["start"], request["end"])}
     lineage_key = f"{prefix}/lineage.json"
     s3.put_object(Bucket=cfg.lake.bucket, Key=lineage_key, Body=json.dumps(lineage, indent=1).encode(),
                   ContentType="application/json")
@@ -168,7 +186,8 @@ def prepare_dataset(request: dict) -> dict:
         "backend": request["backend"],
         "lineage_key": lineage_key,  # XCom carries keys and counts; the lists stay in S3
         "partitions": len(lineage["partitions"]),
-        "rows": int(len(candles)),
+        "rows": int(len(rows)),
+        "dataset": source,
         "exchanges": exchanges,
         "window": [request["start"], request["end"]],
     }
@@ -253,7 +272,7 @@ def register(outcome: dict) -> dict:
 
     from candleflow import registry
     from candleflow.config import load_pipeline
-    from candleflow.training.dataset import load_channel
+    from candleflow.training.dataset import load_dataset
     from candleflow.training.promotion import promotion_policy
     from candleflow.training.runner import download_model, download_prefix
 
@@ -268,16 +287,17 @@ def register(outcome: dict) -> dict:
         version = registry.log_and_register(
             tracking_uri,
             symbol=spec["symbol"], timeframe=spec["timeframe"], model_dir=model_dir, metrics=metrics,
-            params={**spec["hyperparameters"], "rows": outcome["rows"], "exchanges": ",".join(outcome["exchanges"]),
+            params={**spec["hyperparameters"], "rows": outcome["rows"], "dataset": outcome.get("dataset", "candles"),
+                    "exchanges": ",".join(outcome["exchanges"]),
                     "window_start": outcome["window"][0], "window_end": outcome["window"][1],
                     "instance_type": spec["instance_type"], "billable_seconds": outcome["billable_seconds"]},
             lake_sources=lineage["sources"], job_name=outcome["job_name"], backend=outcome["backend"],
             lineage=lineage,
         )
-        # the champion is scored on the same candles the candidate was evaluated on: the job's channel
+        # the champion is scored on the same rows the candidate was evaluated on: the job's channel
         download_prefix(s3, spec["channels"]["train"], Path(tmp) / "channel")
         decision = registry.promote(tracking_uri, name=version.name, version=version.version, model_dir=model_dir,
-                                    candles=load_channel(Path(tmp) / "channel"), timeframe=spec["timeframe"],
+                                    candles=load_dataset(Path(tmp) / "channel")[1], timeframe=spec["timeframe"],
                                     policy=promotion_policy())
     logging.getLogger("candleflow.training").info("%s v%s: %s — %s", version.name, version.version, decision.alias,
                                                   decision.reason)

@@ -9,8 +9,9 @@ One module-scoped scenario, in the order a user meets it:
 2. The same backfill again with `force`: the lake's objects and bytes are identical. Without
    `force`, only the quarantined pair is fetched again (complete chunks are skipped).
 3. `ohlcv_ingest` for one hourly interval: one more object per pair; run again, identical lake.
-4. `train_models` (local backend): one registered model per symbol, alias champion (the first
-   version), its evaluation, lineage and promotion decision recorded.
+4. `features` then `train_models` (local backend, on the features table): one registered model
+   per symbol, alias champion (the first version), its evaluation, lineage and promotion decision
+   recorded.
 5. `train_models` with the SageMaker backend for BTC: a real CreateTrainingJob on moto, the
    submitted job executed by the local runner, version 2 registered and promoted or made
    challenger as its recorded decision says.
@@ -178,6 +179,10 @@ def test_hourly_ingest_run_writes_its_interval(backfill, lake):
 
 @pytest.fixture(scope="module")
 def trained(backfill, mlflow_server):
+    # models train on the features table: the features DAG builds it first (in production both run
+    # on asset events: ohlcv -> features -> train_models)
+    features = _get_dag("features").test(run_conf={"symbols": SYMBOLS, "start": START, "end": END})
+    assert features.state == "success", _task_states(features)
     run = _get_dag("train_models").test(run_conf={"end": END, "lookback_days": DAYS, "epochs": 2})
     return run
 
@@ -198,6 +203,7 @@ def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
         # kraken ETH was quarantined by the backfill; only the hourly run's two intervals landed
         assert int(mlflow_run.data.params["rows"]) == (4 * CANDLES + 2 if symbol == "ETH" else 5 * CANDLES)
         assert mlflow_run.data.params["lake_rows"] == mlflow_run.data.params["rows"]
+        assert mlflow_run.data.params["dataset"] == "features"
         assert "eval_model_sharpe" in mlflow_run.data.metrics and "eval_buy_and_hold_sharpe" in mlflow_run.data.metrics
         assert champion.tags["candleflow.decision"] == "champion"
         assert "first version" in champion.tags["candleflow.decision_reason"]

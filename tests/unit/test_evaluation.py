@@ -14,7 +14,7 @@ from candleflow.config import ConfigError
 from candleflow.training import baseline, evaluation
 from candleflow.training.entrypoint import train
 from candleflow.training.evaluation import EvaluationConfig, evaluate, split, trade
-from candleflow.training.model import build_samples
+from candleflow.training.model import build_feature_samples, build_samples, samples_for
 
 HPS = {"epochs": 1, "window": 6, "hidden_size": 4, "learning_rate": 0.01, "batch_size": 32, "seed": 3,
        "validation_fraction": 0.25, "holdout_fraction": 0.2, "fee_bps": 10, "min_eval_samples": 10}
@@ -187,3 +187,60 @@ def test_baseline_with_one_class_predicts_that_class_and_checks_the_input_size()
     np.testing.assert_array_equal(baseline.predict_proba(params, np.zeros((2, 2, 3))), [1.0, 1.0])
     with pytest.raises(ValueError, match="windows of 6 numbers, got 9"):
         baseline.predict_proba(params, np.zeros((2, 3, 3)))
+
+
+# ---- the features table as the dataset ------------------------------------------------------------
+def features_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """What features.load_training_frame returns, computed by candleflow.features itself."""
+    from candleflow import features
+
+    rows = features.compute_features(candles(n, seed=seed).drop(columns=["symbol", "timeframe"]), timeframe="1h",
+                                     cfg=features.load_config())
+    return rows.assign(symbol="BTC", timeframe="1h")
+
+
+def test_feature_samples_average_exchanges_and_label_the_next_candle():
+    from candleflow.features import FEATURE_COLUMNS
+
+    rows = features_frame(120)
+    s = build_feature_samples(rows, window=5, timeframe="1h")
+    per_ts = rows.groupby("ts").mean(numeric_only=True)
+    assert s.X.shape[1:] == (5, len(FEATURE_COLUMNS))
+    i = 40
+    t = pd.Timestamp(int(s.decision_ts[i]), unit="ms", tz="UTC")
+    assert s.label_ts[i] == s.decision_ts[i] + 3_600_000
+    assert s.ret[i] == pytest.approx(per_ts.loc[t, "label_return"])
+    assert s.y[i] == float(per_ts.loc[t, "label_return"] > 0)
+    np.testing.assert_allclose(s.X[i, -1], per_ts.loc[t, FEATURE_COLUMNS].to_numpy(dtype=np.float32), rtol=1e-6)
+    # the last candle has no next one: no sample ends there
+    assert s.decision_ts[-1] < pd.DatetimeIndex(per_ts.index).as_unit("ms").asi8[-1]
+    with pytest.raises(ValueError, match="trained on the features table; these are candles"):
+        samples_for(candles(50), 5, FEATURE_COLUMNS)
+    with pytest.raises(ValueError, match="trained on candle features"):
+        samples_for(rows, 5, ["ret", "range", "dvol"])
+
+
+def test_training_on_the_features_table_keeps_the_evaluation_window_out(tmp_path):
+    from candleflow.features import FEATURE_COLUMNS
+
+    rows = features_frame(400)
+    (tmp_path / "a").mkdir()
+    rows.to_parquet(tmp_path / "a" / "features.parquet")
+    first = train(tmp_path / "a", tmp_path / "ma", tmp_path / "ca", HPS, log=lambda _: None)
+    assert first["dataset"] == "features"
+    config = json.loads((tmp_path / "ma" / "model_config.json").read_text())
+    assert config["features"] == list(FEATURE_COLUMNS) and config["n_features"] == len(FEATURE_COLUMNS)
+    report = json.loads((tmp_path / "ma" / "evaluation.json").read_text())
+    assert set(report["strategies"]) == {"model", "baseline", "buy_and_hold", "always_long"}
+    eval_start = pd.Timestamp(report["window"]["start"])
+    # every row from the first evaluation label's decision candle on changes (its label is in the window)
+    changed = rows.copy()
+    later = changed["ts"] >= eval_start - pd.Timedelta(hours=1)
+    changed.loc[later, FEATURE_COLUMNS] = changed.loc[later, FEATURE_COLUMNS] * 3 + 1
+    changed.loc[later, "label_return"] = -changed.loc[later, "label_return"]
+    (tmp_path / "b").mkdir()
+    changed.to_parquet(tmp_path / "b" / "features.parquet")
+    second = train(tmp_path / "b", tmp_path / "mb", tmp_path / "cb", HPS, log=lambda _: None)
+    assert first["history"] == second["history"]
+    assert baseline.load(tmp_path / "ma") == baseline.load(tmp_path / "mb")
+    assert first["eval_buy_and_hold_total_return"] != second["eval_buy_and_hold_total_return"]

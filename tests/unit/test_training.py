@@ -182,7 +182,7 @@ def test_run_training_job_trains_and_leaves_model_tar_where_sagemaker_would(firs
     assert 0.0 <= metrics["val_directional_accuracy"] <= 1.0
     assert metrics["resumed_from_epoch"] is None
     assert json.loads((result.model_dir / "model_config.json").read_text()) == {
-        "n_features": N_FEATURES, "hidden_size": 8, "window": 12, "features": list(FEATURES)}
+        "n_features": N_FEATURES, "hidden_size": 8, "window": 12, "dataset": "candles", "features": list(FEATURES)}
     for name in ("evaluation.json", "evaluation_predictions.json", "baseline.json"):
         assert (result.model_dir / name).exists(), name
     example = np.array(json.loads((result.model_dir / "input_example.json").read_text()), dtype=np.float32)

@@ -1,7 +1,7 @@
 """The baseline: logistic regression (scikit-learn) on the LSTM's own windows, flattened.
 
 It is fitted on the training samples only (its standardisation too), so it sees exactly what the
-LSTM sees. It is stored as plain JSON numbers (`baseline.json` in the model directory), not a
+LSTM sees; a missing input (NaN) counts as the training mean. It is stored as plain JSON numbers (`baseline.json` in the model directory), not a
 pickle, and predicts with numpy alone.
 """
 
@@ -21,18 +21,26 @@ def fit(X: np.ndarray, y: np.ndarray, seed: int, C: float = 1.0) -> dict:
 
     flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
     y = np.asarray(y).astype(int)
-    mean = flat.mean(axis=0)
-    scale = flat.std(axis=0)
-    scale[scale < 1e-12] = 1.0
+    finite = np.isfinite(flat)
+    count = finite.sum(axis=0)
+    mean = np.divide(np.where(finite, flat, 0.0).sum(axis=0), count, out=np.zeros(flat.shape[1]), where=count > 0)
+    scale = np.sqrt(np.divide((np.where(finite, flat - mean, 0.0) ** 2).sum(axis=0), count,
+                              out=np.zeros(flat.shape[1]), where=count > 0))
+    scale[~(scale > 1e-12)] = 1.0
     classes = np.unique(y)
     if len(classes) < 2:
         # one class only: the honest model is the constant it saw
         return {"kind": "constant", "p_up": float(classes[0]) if len(classes) else 0.5,
                 "n_inputs": int(flat.shape[1])}
     clf = LogisticRegression(C=C, max_iter=1000, random_state=seed)
-    clf.fit((flat - mean) / scale, y)
+    clf.fit(_standardise(flat, mean, scale), y)
     return {"kind": "logistic_regression", "C": C, "n_inputs": int(flat.shape[1]), "mean": mean.tolist(),
             "scale": scale.tolist(), "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0])}
+
+
+def _standardise(flat: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    # a missing input (NaN) becomes 0 after standardising: the training mean
+    return np.nan_to_num((flat - mean) / scale, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def predict_proba(params: dict, X: np.ndarray) -> np.ndarray:
@@ -42,8 +50,8 @@ def predict_proba(params: dict, X: np.ndarray) -> np.ndarray:
         raise ValueError(f"baseline expects windows of {params['n_inputs']} numbers, got {flat.shape[1]}")
     if params["kind"] == "constant":
         return np.full(len(flat), params["p_up"])
-    z = ((flat - np.asarray(params["mean"])) / np.asarray(params["scale"])) @ np.asarray(params["coef"])
-    return 1.0 / (1.0 + np.exp(-(z + params["intercept"])))
+    z = _standardise(flat, np.asarray(params["mean"]), np.asarray(params["scale"])) @ np.asarray(params["coef"])
+    return 0.5 * (1.0 + np.tanh(0.5 * (z + params["intercept"])))  # the logistic function, without overflow
 
 
 def save(params: dict, model_dir: Path) -> Path:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 CANDLES_FILE = "candles.parquet"
+FEATURES_FILE = "features.parquet"   # rows of the lake's features table (candleflow.features)
+DATASETS = ("features", "candles")
 SOURCES_FILE = "sources.json"
 COLUMNS = ["ts", "exchange", "symbol", "timeframe", "open", "high", "low", "close", "volume"]
 NUMERIC = ["open", "high", "low", "close", "volume"]
@@ -47,13 +49,51 @@ def write_training_channel(s3, bucket: str, prefix: str, candles: pd.DataFrame, 
     return f"s3://{bucket}/{base}/"
 
 
+def write_features_channel(s3, bucket: str, prefix: str, frame: pd.DataFrame, sources: list[str]) -> str:
+    """Write rows of the features table (features.load_training_frame) as the channel; return it."""
+    if frame.empty:
+        raise ValueError("no feature rows to write into a training channel")
+    base = f"{prefix.strip('/')}/train"
+    buf = io.BytesIO()
+    frame.sort_values(["exchange", "ts"], kind="stable").reset_index(drop=True).to_parquet(buf, index=False,
+                                                                                           engine="pyarrow")
+    s3.put_object(Bucket=bucket, Key=f"{base}/{FEATURES_FILE}", Body=buf.getvalue(),
+                  ContentType="application/vnd.apache.parquet")
+    s3.put_object(Bucket=bucket, Key=f"{base}/{SOURCES_FILE}", Body=json.dumps(list(sources), indent=1).encode(),
+                  ContentType="application/json")
+    return f"s3://{bucket}/{base}/"
+
+
 def load_channel(directory: str | Path) -> pd.DataFrame:
-    """Read a downloaded channel directory (every parquet file in it) as one candle frame."""
+    """Read a downloaded candle channel (`candles.parquet`, else every parquet file but features)."""
     directory = Path(directory)
-    files = sorted(directory.rglob("*.parquet"))
+    files = [directory / CANDLES_FILE] if (directory / CANDLES_FILE).exists() else sorted(
+        f for f in directory.rglob("*.parquet") if f.name != FEATURES_FILE)
     if not files:
-        raise FileNotFoundError(f"{directory}: no parquet file in the training channel")
+        raise FileNotFoundError(f"{directory}: no candles parquet file in the training channel")
     return _normalise(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
+
+
+def load_dataset(directory: str | Path) -> tuple[str, pd.DataFrame]:
+    """("features", rows of the features table) when the channel holds features.parquet, else
+    ("candles", the candles)."""
+    directory = Path(directory)
+    if (directory / FEATURES_FILE).exists():
+        frame = pd.read_parquet(directory / FEATURES_FILE)
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("ms")
+        return "features", frame
+    return "candles", load_channel(directory)
+
+
+def dataset_source() -> str:
+    """`dataset:` of include/config/training.yaml: what train_models trains on."""
+    from candleflow.config import ConfigError, config_dir, load_yaml
+
+    value = load_yaml("training.yaml").get("dataset", "candles")
+    if value not in DATASETS:
+        raise ConfigError(f"{config_dir() / 'training.yaml'}: dataset {value!r} is invalid; use "
+                          f"{' or '.join(DATASETS)}")
+    return value
 
 
 def load_sources(directory: str | Path) -> list[str]:

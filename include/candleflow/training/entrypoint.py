@@ -25,8 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from candleflow.training.dataset import load_channel
-from candleflow.training.model import FEATURES, PriceLSTM, build_samples
+from candleflow.training.dataset import load_dataset
+from candleflow.training.model import (
+    FEATURES,
+    PriceLSTM,
+    build_feature_samples,
+    build_samples,
+    standardisation,
+)
 
 DEFAULTS: dict[str, int | float | str] = {
     "epochs": 5,
@@ -138,16 +144,23 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
     hps = coerce_hyperparameters(raw_hps)
     device = resolve_device(hps["device"])
     seed_everything(hps["seed"])
-    candles = load_channel(channel_dir)
-    timeframes = sorted(candles["timeframe"].unique())
+    kind, rows = load_dataset(channel_dir)
+    timeframes = sorted(rows["timeframe"].unique())
     if len(timeframes) != 1:
         raise ValueError(f"the training channel mixes timeframes {timeframes}; one job trains one timeframe")
-    samples = build_samples(candles, hps["window"])
+    if kind == "features":
+        from candleflow.features import FEATURE_COLUMNS
+
+        feature_names = list(FEATURE_COLUMNS)
+        samples = build_feature_samples(rows, hps["window"], timeframes[0], feature_names)
+    else:
+        feature_names = list(FEATURES)
+        samples = build_samples(rows, hps["window"])
     try:
         parts = evaluation.split(len(samples), hps["holdout_fraction"], hps["validation_fraction"],
                                  min_eval=int(hps["min_eval_samples"]))
     except ValueError as exc:
-        raise ValueError(f"{exc} ({len(candles)} candles, window {hps['window']}): not enough to train, "
+        raise ValueError(f"{exc} ({len(rows)} {kind} rows, window {hps['window']}): not enough to train, "
                          "validate and evaluate") from None
     # chronological: training, then validation, then the held-out evaluation window; never shuffled across
     train_s, val_s, eval_s = (samples.take(parts.train), samples.take(parts.validation),
@@ -157,7 +170,9 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
     n_features = samples.X.shape[2]
     config = {"n_features": int(n_features), "hidden_size": hps["hidden_size"], "window": hps["window"]}
 
-    model = PriceLSTM(n_features, hps["hidden_size"]).to(device)
+    model = PriceLSTM(n_features, hps["hidden_size"])
+    model.set_standardisation(*standardisation(train_s.X))  # training samples only
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=hps["learning_rate"])
     loss_fn = nn.BCEWithLogitsLoss()
     history: list[dict] = []
@@ -237,7 +252,8 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
         "n_train": int(len(train_s)),
         "n_val": int(len(val_s)),
         "n_eval": int(len(eval_s)),
-        "n_candles": int(len(candles)),
+        "n_rows": int(len(rows)),
+        "dataset": kind,
         "epochs": int(last["epoch"]),
         "resumed_from_epoch": resumed_from,
         "device": str(device),
@@ -247,7 +263,7 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
     }
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, model_dir / "model.pt")
-    (model_dir / "model_config.json").write_text(json.dumps({**config, "features": list(FEATURES)}))
+    (model_dir / "model_config.json").write_text(json.dumps({**config, "dataset": kind, "features": feature_names}))
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (model_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
     (model_dir / "evaluation_predictions.json").write_text(json.dumps(predictions))

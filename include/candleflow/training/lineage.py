@@ -21,21 +21,23 @@ import pandas as pd
 LINEAGE_FILE = "lineage.json"
 
 
-def partition_rows(candles: pd.DataFrame, sources: list[str]) -> list[dict]:
-    """[{partition, objects, rows}] per lake partition (exchange, symbol, timeframe, date) read."""
+def partition_rows(rows: pd.DataFrame, sources: list[str],
+                   levels: tuple[str, ...] = ("exchange", "symbol", "timeframe", "date")) -> list[dict]:
+    """[{partition, objects, rows}] per lake partition read (ohlcv: exchange/symbol/timeframe/date;
+    features: symbol/timeframe/date): the objects and the rows it contributed after deduplication."""
     objects: dict[tuple, list[str]] = defaultdict(list)
     for key in sources:
         v = dict(part.split("=", 1) for part in key.split("/") if "=" in part)  # Hive key=value levels
-        objects[(v.get("exchange"), v.get("symbol"), v.get("timeframe"), v.get("date"))].append(key)
-    if candles.empty:
+        objects[tuple(v.get(level) for level in levels)].append(key)
+    if rows.empty:
         counts = {}
     else:
-        dates = pd.to_datetime(candles["ts"], utc=True).dt.strftime("%Y-%m-%d")
-        counts = candles.assign(date=dates).groupby(["exchange", "symbol", "timeframe", "date"]).size().to_dict()
+        dates = pd.to_datetime(rows["ts"], utc=True).dt.strftime("%Y-%m-%d")
+        grouped = rows.assign(date=dates).groupby(list(levels)).size()
+        counts = {k if isinstance(k, tuple) else (k,): v for k, v in grouped.to_dict().items()}
     out = []
     for part in sorted(set(objects) | set(counts), key=lambda p: tuple(str(x) for x in p)):
-        exchange, symbol, timeframe, date = part
-        out.append({"partition": f"exchange={exchange}/symbol={symbol}/timeframe={timeframe}/date={date}",
+        out.append({"partition": "/".join(f"{level}={value}" for level, value in zip(levels, part, strict=True)),
                     "objects": sorted(objects.get(part, [])), "rows": int(counts.get(part, 0))})
     return out
 

@@ -99,16 +99,114 @@ def build_features(candles: pd.DataFrame, window: int = 24) -> tuple[np.ndarray,
     return samples.X, samples.y
 
 
+def standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and deviation of training windows (NaN ignored; a column with no value or
+    no spread gets 0 and 1), applied inside the model so serving needs nothing else."""
+    flat = np.asarray(X, dtype=np.float64).reshape(-1, X.shape[-1])
+    finite = np.isfinite(flat)
+    count = finite.sum(axis=0)
+    safe = np.where(finite, flat, 0.0)
+    mean = np.divide(safe.sum(axis=0), count, out=np.zeros(flat.shape[1]), where=count > 0)
+    var = np.divide((np.where(finite, flat - mean, 0.0) ** 2).sum(axis=0), count, out=np.zeros(flat.shape[1]),
+                    where=count > 0)
+    scale = np.sqrt(var)
+    scale[~(scale > 1e-8)] = 1.0
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
 class PriceLSTM(nn.Module):
-    """LSTM over a window of features -> one logit (next candle up) per sample."""
+    """LSTM over a window of features -> one logit (next candle up) per sample.
+
+    Inputs are standardised with the training samples' statistics (buffers `mean`, `scale`, saved
+    with the weights); a missing value (NaN: an indicator still warming up, a Fear & Greed gap)
+    becomes 0 after standardisation, i.e. the training mean.
+    """
 
     def __init__(self, n_features: int = N_FEATURES, hidden_size: int = 32):
         super().__init__()
         self.n_features = n_features
         self.hidden_size = hidden_size
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
         self.lstm = nn.LSTM(input_size=n_features, hidden_size=hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, 1)
 
+    def set_standardisation(self, mean: np.ndarray, scale: np.ndarray) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nan_to_num((x - self.mean) / self.scale, nan=0.0, posinf=0.0, neginf=0.0)
         out, _ = self.lstm(x)
         return self.head(out[:, -1, :]).squeeze(-1)
+
+
+# ---- the features table (candleflow.features) as the dataset ------------------------------------
+def features_per_ts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The features table's rows of one symbol averaged over its exchanges per candle (NaN skipped),
+    with the mean label_return; index ts (the candle's open time)."""
+    missing = [c for c in (*columns, "ts", "exchange", "label_return") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"features frame lacks column(s) {', '.join(missing[:5])}: read it with "
+                         "candleflow.features.load_training_frame")
+    return frame.groupby("ts", sort=True)[[*columns, "label_return"]].mean()
+
+
+def build_feature_samples(frame: pd.DataFrame, window: int, timeframe: str,
+                          columns: list[str] | None = None) -> Samples:
+    """Samples from the features table: the window of `window` candles' features ending at candle t;
+    label = the cross-exchange mean `label_return` of t (close t → close t+1) > 0. Candles whose
+    label is unknown (the last one, a gap) give no sample but still serve as history."""
+    from candleflow.config import TIMEFRAME_MS
+    from candleflow.features import FEATURE_COLUMNS
+
+    columns = list(columns or FEATURE_COLUMNS)
+    per_ts = features_per_ts(frame, columns)
+    values = per_ts[columns].to_numpy(dtype=np.float32)
+    ts = pd.DatetimeIndex(per_ts.index).as_unit("ms").asi8
+    label = per_ts["label_return"].to_numpy(dtype=np.float64)
+    ends = np.arange(window - 1, len(values))
+    ends = ends[np.isfinite(label[ends])]
+    if len(ends) == 0:
+        empty = np.zeros((0,), np.int64)
+        return Samples(np.zeros((0, window, len(columns)), np.float32), np.zeros((0,), np.float32), empty, empty,
+                       np.zeros((0,), np.float64))
+    idx = ends[:, None] - (window - 1) + np.arange(window)[None, :]
+    return Samples(X=values[idx], y=(label[ends] > 0).astype(np.float32), decision_ts=ts[ends],
+                   label_ts=ts[ends] + TIMEFRAME_MS[timeframe], ret=label[ends])
+
+
+def feature_prediction_windows(frame: pd.DataFrame, window: int, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    per_ts = features_per_ts(frame, columns)
+    values = per_ts[columns].to_numpy(dtype=np.float32)
+    n = len(values) - window + 1
+    if n <= 0:
+        raise ValueError(f"{len(values)} feature rows: a {window}-candle window needs at least {window}")
+    idx = np.arange(window)[None, :] + np.arange(n)[:, None]
+    return values[idx], pd.DatetimeIndex(per_ts.index).as_unit("ms").asi8[window - 1:]
+
+
+def is_features_frame(frame: pd.DataFrame) -> bool:
+    return "label_return" in frame.columns
+
+
+def samples_for(frame: pd.DataFrame, window: int, feature_names: list[str]) -> Samples:
+    """Samples of a model whose inputs are `feature_names`, from candles or a features frame; a
+    ValueError says when this frame cannot feed that model."""
+    if list(feature_names) == list(FEATURES):
+        if is_features_frame(frame):
+            raise ValueError("the model was trained on candle features (ret, range, dvol); these are features-table rows")
+        return build_samples(frame, window)
+    if not is_features_frame(frame):
+        raise ValueError("the model was trained on the features table; these are candles")
+    timeframes = frame["timeframe"].unique() if "timeframe" in frame else []
+    if len(timeframes) != 1:
+        raise ValueError(f"features frame holds timeframes {list(timeframes)}; give one")
+    return build_feature_samples(frame, window, str(timeframes[0]), list(feature_names))
+
+
+def windows_for(frame: pd.DataFrame, window: int, feature_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every window (including the one ending at the last candle) for a model with these inputs."""
+    if list(feature_names) == list(FEATURES):
+        return prediction_windows(frame, window)
+    return feature_prediction_windows(frame, window, list(feature_names))
