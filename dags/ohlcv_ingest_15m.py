@@ -3,7 +3,7 @@
 
 Each run collects exactly its **data interval** (the previous 15 minutes) of 15m candles, and the interval before
 it again (late candles), for every symbol of `include/config/universe.yaml` on every exchange —
-one mapped `ingest` task per exchange, which owns that exchange's rate limit. Each batch is checked
+one `ingest_<exchange>` task per exchange, in its pool `candleflow_<exchange>`. Each batch is checked
 with the Great Expectations suite and written to the Hive-partitioned parquet lake
 (`ohlcv/exchange=…/symbol=…/timeframe=15m/date=…/`); a bad batch goes to `quarantine/` with its
 report and fails that exchange's `verdict` (the other batches still land). Keys are deterministic
