@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train.py [--device cpu|cuda|auto] [--epochs 5] [--days 60] [--exchanges 5]
     .venv/bin/python bench/train.py --source sol      # the real SOL/USDT 1h candles in ../shared/data
+    .venv/bin/python bench/train.py --dataset features   # the features table's ~40 columns per step
 
 It builds one symbol's training channel the way `prepare_dataset` does (every exchange's 1h
 candles of the lookback; `--source synthetic` by default: a seeded random walk per exchange), runs
@@ -64,6 +65,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=load_training().lookback_days)
     parser.add_argument("--exchanges", type=int, default=5)
     parser.add_argument("--source", choices=("synthetic", "sol"), default="synthetic")
+    parser.add_argument("--dataset", choices=("candles", "features"), default="candles",
+                        help="features: the features table's columns, computed by candleflow.features")
     parser.add_argument("--hidden-size", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -84,7 +87,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
         (tmp / "channel").mkdir()
-        candles.to_parquet(tmp / "channel" / "candles.parquet")
+        if args.dataset == "features":
+            from candleflow import features
+
+            rows = features.compute_features(candles.drop(columns=["symbol", "timeframe"]), timeframe="1h",
+                                             cfg=features.load_config())
+            rows.assign(symbol=candles["symbol"].iloc[0], timeframe="1h").to_parquet(
+                tmp / "channel" / "features.parquet")
+        else:
+            candles.to_parquet(tmp / "channel" / "candles.parquet")
         stamps: list[float] = []
 
         def log(msg: str) -> None:
@@ -98,7 +109,7 @@ def main() -> int:
     steady = epochs[1:] or epochs
     per_epoch = statistics.median(steady)
     n_train = metrics["n_train"]
-    print(f"source={args.source} candles={len(candles)} exchanges={candles['exchange'].nunique()} "
+    print(f"source={args.source} dataset={args.dataset} candles={len(candles)} exchanges={candles['exchange'].nunique()} "
           f"device={metrics['device']} torch={torch.__version__} threads={torch.get_num_threads()}")
     print(f"hyperparameters: {json.dumps({k: hps[k] for k in ('window', 'hidden_size', 'batch_size', 'epochs')})}")
     print(f"samples: train={n_train} validation={metrics['n_val']} evaluation={metrics['n_eval']}")
