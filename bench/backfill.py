@@ -2,18 +2,24 @@
 
     .venv/bin/python bench/backfill.py [--timeframe 1m] [--days 2 | --hours H] [--symbols N]
                                        [--exchanges binance,okx,...] [--budget ccxt|published]
-                                       [--emulator inprocess|subprocess] [--no-compare]
+                                       [--emulator inprocess|subprocess] [--workers process|loop]
+                                       [--no-compare] [--no-calibrate]
 
 What it does (issue 3 "Speed", issue 6 "published limits"):
 
 - starts the emulator (`EmulatorServer`, rate limits enforced, clock 2024-10-30T00:30:00Z) in this
   process (default) or, with `--emulator subprocess`, as `python -m candleflow.emulator` in its own
   process (so the server does not compete with the collectors for this interpreter's GIL);
-- one asyncio event loop; per exchange one async ccxt client (`make_exchange(asynchronous=True)`)
-  shared by every coroutine of that exchange, markets loaded once, then `collect_pair_async` for
-  every symbol of the window [end - days, end) (end = the emulated clock's UTC midnight),
-  `collect.pairs_in_flight` symbols and `collect.requests_in_flight` requests at once; all five
-  exchanges start together;
+- one process per exchange (`--workers process`, default: as one Airflow task per exchange runs;
+  `--workers loop` puts them all in this process's event loop), each with one async ccxt client
+  (`make_exchange(asynchronous=True)`) shared by every coroutine of that exchange, markets loaded
+  once, then `collect_pair_async` for every symbol of the window [end - days, end) (end = the
+  emulated clock's UTC midnight), `collect.pairs_in_flight` symbols and
+  `collect.requests_in_flight` requests at once; all exchanges start their timed window together
+  and share one limiter state directory;
+- afterwards it calibrates the emulator itself (`emu/s`): each exchange's recorded candle-page
+  request replayed by raw HTTP clients, limits off, all exchanges at once, so `ach/emu` shows
+  whether the client or the emulator (its page rendering on this machine's cores) limits a run;
 - `--budget ccxt` (default): ccxt's throttle paces (`enableRateLimit`), the limiter of
   `candleflow.ratelimit` only steers by the exchanges' headers and handles refusals. Per exchange:
   candles, requests, refusals (429 / bans, from the emulator's `/__admin/stats`), wall seconds,
@@ -585,7 +591,8 @@ def report_published(runs: list[ExchangeRun], ccxt_runs: list[ExchangeRun] | Non
             print(f"  {r.exchange if i == 0 else '':9} {name:20} {spent:>8.0f} {n:>4} {allowed:>8.2f} "
                   f"{spent / r.wall_s:>8.2f} {eff_txt} {r.limiter.margin:>6.2f} {tail}")
     print(f"  full universe, all exchanges at once: {total_wall:.1f} s at the published budget"
-          + (f" vs {ccxt_wall:.1f} s at ccxt's pace ({ccxt_wall / total_wall:.1f}x faster)" if ccxt_wall else ""))
+          + (f" vs {ccxt_wall:.1f} s at ccxt's pace (published ÷ ccxt wall = {total_wall / ccxt_wall:.2f})"
+             if ccxt_wall else ""))
     print("  (ach/pub of an exchange = its most-used binding bucket; a per-pair or per-endpoint bucket allows its "
           "rate once per key the run touched; n/a = no key spent more than its burst, so the limit never bound)")
     ok = [r for r in runs if not r.error]
