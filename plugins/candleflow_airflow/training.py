@@ -127,7 +127,8 @@ def prepare_dataset(request: dict) -> dict:
     from candleflow import lake
     from candleflow.config import load_pipeline, load_training, parse_utc
     from candleflow.training.dataset import dataset_source, write_features_channel, write_training_channel
-    from candleflow.training.lineage import partition_rows, quality_summary, read_ledger
+    from candleflow.quality.settings import load_quality
+    from candleflow.training.lineage import partition_rows, quality_summary, read_ledger, validation_results
     from candleflow.training.runner import TrainingJobSpec
 
     cfg = load_pipeline()
@@ -160,8 +161,16 @@ def prepare_dataset(request: dict) -> dict:
     exchanges = sorted(rows["exchange"].unique().tolist())
     ledger = read_ledger(s3, cfg.lake.bucket, symbol=request["symbol"], timeframe=request["timeframe"],
                          exchanges=exchanges, start=request["start"], end=request["end"])
+    quality = quality_summary(ledger, request["start"], request["end"])
+    quality["validations"] = validation_results(s3, cfg.lake.bucket, symbol=request["symbol"],
+                                                timeframe=request["timeframe"], exchanges=exchanges,
+                                                start=request["start"], end=request["end"],
+                                                ohlcv_prefix=cfg.lake.ohlcv_prefix,
+                                                results_dir=load_quality().results_dir)
+    checked = quality["validations"]
+    quality["verdict"] += f"; {checked['batches']} GX batch results, {checked['passed']} passed"
     lineage = {"dataset": source, "sources": sources, "partitions": partition_rows(rows, sources, levels),
-               "inputs": inputs, "quality": quality_summary(ledger, request["start"], request["end"])}
+               "inputs": inputs, "quality": quality}
     lineage_key = f"{prefix}/lineage.json"
     s3.put_object(Bucket=cfg.lake.bucket, Key=lineage_key, Body=json.dumps(lineage, indent=1).encode(),
                   ContentType="application/json")

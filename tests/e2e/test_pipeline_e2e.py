@@ -188,6 +188,7 @@ def trained(backfill, mlflow_server):
 
 
 def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     assert trained.state == "success", _task_states(trained)
@@ -210,6 +211,8 @@ def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
         # kraken ETH's quarantined days are in the quality verdict the run relied on
         if symbol == "ETH":
             assert "10 quarantined" in mlflow_run.data.tags["candleflow.quality"]
+        quality = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/quality.json")
+        assert quality["validations"]["batches"] > 0 and quality["validations"]["failed"] == 0
 
 
 def test_sagemaker_backend_submits_a_real_job_and_registers_its_model(trained, mlflow_server, local_stack):

@@ -325,3 +325,28 @@ def test_lineage_counts_rows_per_lake_partition_and_summarises_the_gap_ledger(s3
     assert (kraken["complete"], kraken["quarantined"], kraken["quarantined_days"]) == (1, 1, ["2024-09-02"])
     assert kraken["missing_by_reason"] == {"quarantined": 24}
     assert summary["verdict"] == "4 exchange-days: 3 complete, 0 partial, 1 quarantined (not trained on)"
+
+
+def test_lineage_lists_the_gx_results_of_the_batches_trained_on(s3_client, bucket):
+    from datetime import UTC, datetime
+
+    from candleflow.quality.results import batch_result_key
+    from candleflow.training.lineage import validation_results
+
+    def keep(exchange: str, lo: datetime, hi: datetime, failed: list) -> str:
+        key = batch_result_key("ohlcv", "_quality", exchange, "BTC", "1h", lo, hi)
+        body = {"exchange": exchange, "symbol": "BTC", "success": True, "row_count": 24, "failed": failed}
+        s3_client.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+        return key
+
+    day = [datetime(2024, 9, d, tzinfo=UTC) for d in (1, 2, 3, 4)]
+    inside = [keep("binance", day[0], day[1], []), keep("binance", day[1], day[2], []),
+              keep("kraken", day[1], day[2], [{"expectation": "expect_column_values_to_be_between",
+                                               "column": "volume", "severity": "warn"}])]
+    keep("binance", day[2], day[3], [])   # after the window
+    keep("okx", day[0], day[1], [])       # an exchange not trained on
+    out = validation_results(s3_client, bucket, symbol="BTC", timeframe="1h", exchanges=["binance", "kraken"],
+                             start=day[0].isoformat(), end=day[2].isoformat())
+    assert sorted(out["result_keys"]) == sorted(inside)
+    assert (out["batches"], out["passed"], out["failed"], out["rows_validated"]) == (3, 3, 0, 72)
+    assert out["findings"] == {"kraken: expect_column_values_to_be_between volume": 1}

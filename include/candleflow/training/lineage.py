@@ -4,6 +4,9 @@
   read for each and the rows each contributed after deduplication;
 - `quality_summary`: what the gap ledger (the ingest's quality verdicts) said about those days:
   per exchange, the days complete, partial or quarantined and the candles missing by reason;
+- `validation_results`: the GX results of the published batches behind those candles (the
+  `_quality/<from>_<to>.json` documents the ingest keeps beside each pair's data): how many,
+  whether they passed, the expectations that failed with warn severity, and their keys;
 - `code_version`: `CANDLEFLOW_CODE_VERSION` (a training image bakes its git sha there), else the
   git commit of this checkout (`+dirty` when it has uncommitted changes), else the package version.
 """
@@ -141,3 +144,37 @@ def read_ledger(s3, bucket: str, *, symbol: str, timeframe: str, exchanges, star
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # S3 GETs are latency-bound
         return list(pool.map(get, keys))
+
+
+def validation_results(s3, bucket: str, *, symbol: str, timeframe: str, exchanges, start: str, end: str,
+                       ohlcv_prefix: str = "ohlcv", results_dir: str = "_quality") -> dict:
+    """The GX results of the batches published for `symbol` whose windows overlap [start, end)."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from candleflow.lake import list_objects
+
+    lo = pd.Timestamp(start).tz_convert("UTC").strftime("%Y%m%dT%H%M%SZ")
+    hi = pd.Timestamp(end).tz_convert("UTC").strftime("%Y%m%dT%H%M%SZ")
+    keys = []
+    for exchange in sorted(set(exchanges)):
+        prefix = f"{ohlcv_prefix}/exchange={exchange}/symbol={symbol}/timeframe={timeframe}/{results_dir}/"
+        for key in sorted(list_objects(s3, bucket, prefix)):
+            window = key.rsplit("/", 1)[-1].removesuffix(".json")
+            w_lo, _, w_hi = window.partition("_")
+            if key.endswith(".json") and w_lo < hi and w_hi > lo:  # the stamps sort as times
+                keys.append(key)
+
+    def get(key: str) -> dict:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # S3 GETs are latency-bound
+        docs = list(pool.map(get, keys))
+    warned = defaultdict(int)
+    for doc in docs:
+        for failure in doc.get("failed") or []:
+            warned[f"{doc.get('exchange')}: {failure.get('expectation')} {failure.get('column') or ''}".strip()] += 1
+    passed = sum(bool(d.get("success")) for d in docs)
+    return {"source": f"GX batch results ({ohlcv_prefix}/…/{results_dir}/)", "batches": len(docs), "passed": passed,
+            "failed": len(docs) - passed, "rows_validated": sum(int(d.get("row_count") or 0) for d in docs),
+            "findings": dict(sorted(warned.items())), "result_keys": keys}
