@@ -119,7 +119,8 @@ def test_read_returns_the_same_rows_as_pandas_or_arrow_with_partition_columns(s3
 
 def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(s3_client, moto_server):
     """docs/lake.md's DuckDB block, executed as written (endpoint and bucket pointed at this
-    session's moto server), returns what lake.read returns — late hourly overrides included."""
+    session's moto server), returns what lake.read returns — late hourly overrides and a compacted
+    day included."""
     import re
     from pathlib import Path
 
@@ -132,6 +133,13 @@ def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(
     for hour in (datetime(2024, 10, 3, 5, tzinfo=UTC), datetime(2024, 10, 29, 23, tzinfo=UTC)):
         write(s3_client, bucket, candles(hour, 1, price=-1.0), hour, hour + timedelta(hours=1))
     write(s3_client, bucket, candles(start, 24 * 3), start, start + timedelta(days=3), exchange="okx")
+    # a compacted day with a part written after compaction: the query must rank them as lake.read does
+    from candleflow import compaction
+
+    [done] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-03", exchange="binance")
+    assert done.status == "compacted"
+    late = datetime(2024, 10, 3, 7, tzinfo=UTC)
+    write(s3_client, bucket, candles(late, 1, price=-3.0), late, late + timedelta(hours=1))
     code = block.replace('"127.0.0.1:5000"', repr(moto_server.removeprefix("http://"))).replace(
         "candleflow-lake/", f"{bucket}/")
     scope: dict = {}
@@ -140,5 +148,6 @@ def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(
     expected = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h",
                          start=datetime(2024, 10, 1, tzinfo=UTC), end=datetime(2024, 10, 30, tzinfo=UTC))
     assert len(expected) == 29 * 24 and (expected["close"] == -1.0).sum() == 2
+    assert (expected["close"] == -3.0).sum() == 1
     got["ts"] = got["ts"].dt.tz_convert("UTC").astype("datetime64[ms, UTC]")
     pd.testing.assert_frame_equal(got, expected)
