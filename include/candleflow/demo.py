@@ -22,7 +22,7 @@ from pathlib import Path
 from candleflow.config import load_pipeline, load_universe
 from candleflow.stack import REPO_ROOT, LocalStack
 
-DEMO_DAGS = ("ohlcv_backfill", "train_models", "ohlcv_ingest")
+DEMO_DAGS = ("ohlcv_backfill", "features", "train_models", "ohlcv_ingest")
 FINISHED = {"success", "failed"}
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     client = AirflowClient(stack.airflow_url)
     for dag_id in DEMO_DAGS:
         client.wait_for_dag(dag_id, timeout=300)
-    for dag_id in ("ohlcv_backfill", "train_models"):
+    for dag_id in ("ohlcv_backfill", "features", "train_models"):  # ohlcv asset -> features -> train_models
         client.unpause(dag_id)
 
     conf = {
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ingest = client.wait_run("ohlcv_backfill", run["dag_run_id"], timeout=args.timeout)
     if ingest["state"] != "success":
         print(f"  failed tasks: {', '.join(client.failed_tasks('ohlcv_backfill', run['dag_run_id']))}")
-    print("Waiting for train_models (triggered by the ohlcv asset update):", flush=True)
-    train = client.wait_new_run("train_models", after=ingest_done, timeout=300)
+    print("Waiting for train_models (triggered by the features DAG's asset update after the ohlcv one):", flush=True)
+    train = client.wait_new_run("train_models", after=ingest_done, timeout=args.timeout)
     train = client.wait_run("train_models", train["dag_run_id"], timeout=args.timeout)
     if train["state"] != "success":
         print(f"  failed tasks: {', '.join(client.failed_tasks('train_models', train['dag_run_id']))}")
