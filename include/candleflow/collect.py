@@ -66,8 +66,8 @@ def make_exchange(exchange_id: str, *, mode: str, emulator_url: str | None = Non
                   enable_rate_limit: bool = True, timeout_ms: int = 15_000, asynchronous: bool = False,
                   limiter=None):
     """A ccxt client for `exchange_id` (`ccxt.async_support` when `asynchronous`); in emulator mode
-    its REST roots point at the emulator. `limiter` (a `candleflow.ratelimit.Limiter`, async
-    clients only) gates every HTTP request and reads the exchange's rate-limit answers."""
+    its REST roots point at the emulator. `limiter` (a `candleflow.ratelimit.Limiter`) gates
+    every HTTP request and reads the exchange's rate-limit answers."""
     if asynchronous:
         import ccxt.async_support as ccxt_mod
     else:
@@ -90,8 +90,6 @@ def make_exchange(exchange_id: str, *, mode: str, emulator_url: str | None = Non
     elif mode != "live":
         raise ConfigError(f"exchange_mode: {mode!r} is invalid; use 'emulator' or 'live'")
     if limiter is not None:
-        if not asynchronous:
-            raise ConfigError("budget: the rate-limit budget needs the async client (asynchronous=True)")
         limiter.install(client)
     return client
 

@@ -198,6 +198,22 @@ class Limiter:
         self.stats.first_at = self.stats.first_at or stamp
         self.stats.last_at = stamp
 
+    def acquire_sync(self, url: str) -> None:
+        """`acquire` for a synchronous ccxt client (a thread may block)."""
+        while True:
+            wait, reserved = self._reserve(url, time.time())
+            if wait > 0:
+                self.stats.waited_s += wait
+                time.sleep(wait)
+            if reserved:
+                break
+        while (delay := self._commit(url)) is not None:
+            self.stats.waited_s += delay
+            time.sleep(delay)
+        self.stats.requests += 1
+        for _key, bucket, cost in self._charges(url):
+            self.stats.spent[bucket.name] += cost
+
     def _commit(self, url: str) -> float | None:
         """Record the send now, or say how long to wait first. Besides holds and bans, a small window
         (at most LOGGED_LIMIT units: coinbase's 10/s, okx's per endpoint) also checks the *actual*
@@ -304,12 +320,19 @@ class Limiter:
 
     # --- ccxt -------------------------------------------------------------------------------------
     def install(self, client) -> None:
-        """Route every HTTP request of the async ccxt `client` through this limiter."""
+        """Route every HTTP request of the ccxt `client` (async or sync) through this limiter."""
+        import inspect
+
         orig_fetch, orig_on_response = client.fetch, client.on_rest_response
 
-        async def fetch(url, method="GET", headers=None, body=None):
-            await self.acquire(url)
-            return await orig_fetch(url, method, headers, body)
+        if inspect.iscoroutinefunction(orig_fetch):
+            async def fetch(url, method="GET", headers=None, body=None):
+                await self.acquire(url)
+                return await orig_fetch(url, method, headers, body)
+        else:
+            def fetch(url, method="GET", headers=None, body=None):
+                self.acquire_sync(url)
+                return orig_fetch(url, method, headers, body)
 
         def on_rest_response(code, reason, url, method, headers, body, request_headers, request_body):
             self.observe(url, code, headers, body)

@@ -211,3 +211,34 @@ def test_an_unknown_budget_choice_is_refused():
         parse_budget("fast", "params.budget")
     assert ratelimit.limiter_for("okx", CollectConfig(budget="ccxt")).margin == load_budgets()[2]
     assert ratelimit.limiter_for("okx", CollectConfig(budget="published")).margin == _budget("okx").margin
+
+
+def test_sync_clients_share_the_budget_too(emulator, tmp_path):
+    """A synchronous ccxt client (e.g. another DAG's collector) goes through the same shared limiter."""
+    import threading
+
+    import ccxt
+
+    emulator.limits.reset()
+    before = emulator.outcomes["coinbase"]["rate_limited"]
+    refused, errors = [], []
+
+    def collect(offset: int) -> None:
+        client = make_exchange("coinbase", mode="emulator", emulator_url=emulator.url, enable_rate_limit=False,
+                               limiter=ratelimit.Limiter(_budget("coinbase"), tmp_path))
+        try:
+            client.load_markets()
+            for i in range(12):
+                client.fetch_ohlcv("BTC/USD", "1m", since=1729900800000 + (offset + i) * 300 * 60_000, limit=300)
+        except ccxt.RateLimitExceeded as exc:
+            refused.append(exc)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=collect, args=(k * 100,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and refused == []
+    assert emulator.outcomes["coinbase"]["rate_limited"] == before
