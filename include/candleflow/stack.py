@@ -276,11 +276,29 @@ class LocalStack:
         for name in names:
             pid = self.start(name)
             print(f"  {name:<9} pid {pid:<7} {self.services()[name].health_url}", flush=True)
+        if "airflow" in names:
+            self.ensure_pools()
+
+    def ensure_pools(self) -> None:
+        """Create or update the per-exchange pools the ingest tasks run in (include/config/budgets.yaml):
+        a task whose pool does not exist is never scheduled."""
+        pools = self.airflow_home / "pools.json"
+        pools.write_text(json.dumps(pools_spec(), indent=2, sort_keys=True))
+        env = {**os.environ, **self.airflow_env(), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        subprocess.run([str(VENV_BIN / "airflow"), "pools", "import", str(pools)], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(REPO_ROOT))
 
     def down(self) -> None:
         for name in ("airflow", "mlflow", "emulator", "moto"):
             if self.stop(name):
                 print(f"  stopped {name}")
+
+
+def pools_spec() -> dict[str, dict]:
+    """The pools in `airflow pools import` format ({name: {slots, description, include_deferred}})."""
+    from candleflow.config import exchange_pools
+
+    return {name: {**pool, "include_deferred": False} for name, pool in exchange_pools().items()}
 
 
 def _healthy(url: str) -> bool:
@@ -293,7 +311,8 @@ def _healthy(url: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m candleflow.stack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "pools"],
+                        help="pools: print the Airflow pools spec (for `airflow pools import`)")
     parser.add_argument("--state-dir", default=str(REPO_ROOT / ".stack"))
     parser.add_argument("--clock", default=os.environ.get("CANDLEFLOW_EMULATOR_CLOCK", "real"),
                         help="emulator clock: 'real' or an ISO instant to replay from")
@@ -309,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             pid = stack.pid(name)
             state = "up" if pid and _healthy(service.health_url) else ("starting/unhealthy" if pid else "down")
             print(f"  {name:<9} {state:<18} {service.health_url}")
+    elif args.command == "pools":
+        print(json.dumps(pools_spec(), indent=2, sort_keys=True))
     elif args.command == "env":
         for key, value in stack.airflow_env().items():
             print(f"export {key}='{value}'")
