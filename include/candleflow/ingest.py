@@ -358,7 +358,7 @@ def _publish_chunk(s3, lake_cfg: LakeConfig, result, outcome: ChunkOutcome, lo: 
                                     window_start=lo, window_end=hi, prefix=lake_cfg.quarantine_prefix)
         quality.keep_batch_result(s3, bucket, checked, result_key=key.rsplit("/", 1)[0] + "/report.json", **kept)
         outcome.status, outcome.keys = "quarantined", [key]
-        outcome.detail = f"{checked.summary} Quarantined at s3://{bucket}/{key}."
+        outcome.detail = f"{checked.summary}\n  Quarantined at s3://{bucket}/{key}."
         log.error(outcome.detail)
         coverage.write_entries(s3, bucket, coverage.build_entries(
             present_ms=[], status="quarantined", **entry_args))
