@@ -52,7 +52,7 @@ from candleflow_airflow.training import train_models_graph
         "lookback_days": Param(None, type=["null", "integer"], minimum=1, title="Lookback (days)",
                                description="Days of history to train on. Empty: the configured lookback."),
         "end": Param(None, type=["null", "string"], format="date-time", title="Window end (UTC)",
-                     description="Empty: the end of the triggering ingest run's data, else now."),
+                     description="Empty: the end of the triggering features run's data, else now."),
     },
 )
 def train_models():
