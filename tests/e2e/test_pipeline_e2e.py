@@ -187,9 +187,11 @@ def trained(backfill, mlflow_server):
     return run
 
 
-def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
+def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server, lake):
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from candleflow import features, registry
 
     assert trained.state == "success", _task_states(trained)
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -213,6 +215,12 @@ def test_train_models_registers_a_champion_per_symbol(trained, mlflow_server):
             assert "10 quarantined" in mlflow_run.data.tags["candleflow.quality"]
         quality = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/quality.json")
         assert quality["validations"]["batches"] > 0 and quality["validations"]["failed"] == 0
+    # the champion, loaded by alias, scores the lake's latest features
+    rows, _ = features.load_training_frame(*lake, "BTC", "1h", datetime(2024, 10, 28, tzinfo=UTC),
+                                           datetime(2024, 10, 30, tzinfo=UTC))
+    scored = registry.predict(mlflow_server, "BTC", "1h", rows)
+    assert len(scored) == 48 - 24 + 1 and scored["p_up"].between(0, 1).all()
+    assert scored["decision_ts"].iloc[-1] == datetime(2024, 10, 29, 23, tzinfo=UTC)
 
 
 def test_sagemaker_backend_submits_a_real_job_and_registers_its_model(trained, mlflow_server, local_stack):

@@ -244,3 +244,15 @@ def test_training_on_the_features_table_keeps_the_evaluation_window_out(tmp_path
     assert first["history"] == second["history"]
     assert baseline.load(tmp_path / "ma") == baseline.load(tmp_path / "mb")
     assert first["eval_buy_and_hold_total_return"] != second["eval_buy_and_hold_total_return"]
+
+
+def test_prediction_windows_from_the_features_table_end_at_the_last_candle():
+    from candleflow.features import FEATURE_COLUMNS
+    from candleflow.training.model import windows_for
+
+    rows = features_frame(80)
+    X, decision_ts = windows_for(rows, 6, FEATURE_COLUMNS)
+    per_ts = rows.groupby("ts").mean(numeric_only=True)
+    assert len(X) == len(per_ts) - 6 + 1
+    assert decision_ts[-1] == pd.DatetimeIndex(per_ts.index).as_unit("ms").asi8[-1]
+    np.testing.assert_allclose(X[-1, -1], per_ts[FEATURE_COLUMNS].iloc[-1].to_numpy(dtype=np.float32), rtol=1e-6)
