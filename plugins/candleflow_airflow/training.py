@@ -126,8 +126,8 @@ def prepare_dataset(request: dict) -> dict:
 
     from candleflow import lake
     from candleflow.config import load_pipeline, load_training, parse_utc
-    from candleflow.training.dataset import dataset_source, write_features_channel, write_training_channel
     from candleflow.quality.settings import load_quality
+    from candleflow.training.dataset import dataset_source, write_features_channel, write_training_channel
     from candleflow.training.lineage import partition_rows, quality_summary, read_ledger, validation_results
     from candleflow.training.runner import TrainingJobSpec
 
