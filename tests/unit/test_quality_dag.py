@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -62,3 +62,23 @@ def test_a_backfill_quarantines_the_bad_pair_and_checks_the_run(airflow_db, pipe
     index = s3_client.get_object(Bucket=bucket, Key="reports/quality/data_docs/timeframe=15m/index.html")
     page = index["Body"].read().decode()
     assert "cross_exchange_15m" in page and "okx-SOL" in page
+
+
+def test_a_scheduled_run_checks_freshness_of_every_pair_it_collected(airflow_db, pipeline_env, s3_client):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from candleflow import lake
+    from candleflow.config import load_pipeline
+
+    bucket = load_pipeline().lake.bucket
+    dag = DagBag(dag_folder="dags/ohlcv_ingest.py").get_dag("ohlcv_ingest")
+    end = datetime(2024, 10, 29, 21, tzinfo=UTC)   # data interval 20:00 → 21:00, plus the overlap before
+    run = dag.test(logical_date=end)
+    assert _states(run)["quality_checks"] == "success"
+    table = lake.read(s3_client, bucket, "quality", timeframe="1h", start=end - timedelta(hours=2), end=end)
+    fresh = table[table["suite"] == "freshness"]
+    # every listed pair of the demo universe (BTC, ETH, SOL × five exchanges) has its 20:00 candle
+    assert len(fresh) == 15 and fresh["success"].all() and fresh["unexpected_count"].eq(0).all()
+    assert set(fresh["run_id"]) == {run.run_id}
+    cross = table[table["suite"] == "cross_exchange"]
+    assert len(cross) == 15 and cross["success"].all()
