@@ -111,12 +111,15 @@ def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, la
     keys = backfill["first"]
     for exchange in EXCHANGES:
         for symbol in SYMBOLS:
-            pair_keys = [k for k in keys if f"exchange={exchange}/symbol={symbol}/" in k]
+            pair_keys = [k for k in keys if f"exchange={exchange}/symbol={symbol}/" in k and "/_quality/" not in k]
+            # each published batch's GX result sits beside its candles (docs/quality.md)
+            results = [k for k in keys if f"exchange={exchange}/symbol={symbol}/" in k and "/_quality/" in k]
             if (exchange, symbol) == ("kraken", "ETH"):
-                assert pair_keys == []
+                assert pair_keys == [] and results == []
             else:
                 assert len(pair_keys) == DAYS, (exchange, symbol, pair_keys)
                 assert all("/timeframe=1h/date=2024-10-" in k and k.endswith(".parquet") for k in pair_keys)
+                assert results and all(k.endswith(".json") for k in results), (exchange, symbol, results)
 
     frame = lake_mod.read(*lake, timeframe="1h", start=datetime(2024, 10, 20, tzinfo=UTC),
                           end=datetime(2024, 10, 30, tzinfo=UTC))
