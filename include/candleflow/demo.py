@@ -22,7 +22,7 @@ from pathlib import Path
 from candleflow.config import load_pipeline, load_universe
 from candleflow.stack import REPO_ROOT, LocalStack
 
-DEMO_DAGS = ("ohlcv_backfill", "features", "train_models", "ohlcv_ingest")
+DEMO_DAGS = ("derivatives_ingest", "ohlcv_backfill", "features", "train_models", "ohlcv_ingest", "lake_compaction")
 FINISHED = {"success", "failed"}
 
 
@@ -107,16 +107,18 @@ class AirflowClient:
         raise TimeoutError(f"no {dag_id} run started after {after.isoformat()} within {timeout:.0f} s")
 
 
-def _lake_summary(stack: LocalStack, bucket: str) -> tuple[int, int]:
+def _lake_summary(stack: LocalStack, bucket: str, prefix: str) -> tuple[int, int]:
+    """(parquet objects, bytes) under a table's prefix."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     count = size = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="ohlcv/"):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            count += 1
-            size += obj["Size"]
+            if obj["Key"].endswith(".parquet"):
+                count += 1
+                size += obj["Size"]
     return count, size
 
 
@@ -151,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     client = AirflowClient(stack.airflow_url)
     for dag_id in DEMO_DAGS:
         client.wait_for_dag(dag_id, timeout=300)
-    for dag_id in ("ohlcv_backfill", "features", "train_models"):  # ohlcv asset -> features -> train_models
+    # ohlcv asset -> features -> features asset -> train_models. The scheduled DAGs stay paused:
+    # the emulator's clock replays the demo window while Airflow's is today's.
+    for dag_id in ("derivatives_ingest", "ohlcv_backfill", "features", "train_models"):
         client.unpause(dag_id)
 
     conf = {
@@ -161,6 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         "start": cfg.demo_start.isoformat(),
         "end": cfg.demo_end.isoformat(),
     }
+    # Funding rates first, so the features built after the backfill can join them.
+    derivatives_conf = {"start": conf["start"], "end": conf["end"], "symbols": conf["symbols"]}
+    print(f"Running derivatives_ingest (funding, open interest) for {', '.join(conf['symbols'])}:", flush=True)
+    run = client.trigger("derivatives_ingest", derivatives_conf)
+    derivatives = client.wait_run("derivatives_ingest", run["dag_run_id"], timeout=args.timeout)
+    if derivatives["state"] != "success":
+        print(f"  failed tasks: {', '.join(client.failed_tasks('derivatives_ingest', run['dag_run_id']))}")
+    # derivatives_ingest was unpaused to run: keep its hourly schedule (today's hours) off.
+    client.pause("derivatives_ingest")
+
     print(f"Running ohlcv_backfill for {', '.join(conf['symbols'])} on {', '.join(conf['exchanges'])}, "
           f"{conf['timeframe']}, {conf['start']} → {conf['end']}:", flush=True)
     run = client.trigger("ohlcv_backfill", conf)
@@ -174,20 +188,26 @@ def main(argv: list[str] | None = None) -> int:
     if train["state"] != "success":
         print(f"  failed tasks: {', '.join(client.failed_tasks('train_models', train['dag_run_id']))}")
 
-    objects, size = _lake_summary(stack, cfg.lake.bucket)
+    objects, size = _lake_summary(stack, cfg.lake.bucket, "ohlcv/")
+    tables = {name: _lake_summary(stack, cfg.lake.bucket, f"{name}/")[0]
+              for name in ("funding", "open_interest", "features", "quality")}
     models = _registered_models(stack.mlflow_url)
     print(f"""
 candleflow is up ({time.monotonic() - started:.0f} s).
   Airflow UI     {stack.airflow_url}   login admin / admin
-                 runs: ohlcv_backfill {ingest['state']}, train_models {train['state']}
+                 runs: derivatives_ingest {derivatives['state']}, ohlcv_backfill {ingest['state']},
+                       features → train_models {train['state']}
   Lake           s3://{cfg.lake.bucket}/ohlcv/  ({objects} objects, {size / 1e6:.1f} MB) on {stack.s3_endpoint}
+                 {', '.join(f'{name}/ {count} objects' for name, count in tables.items())}
                  quarantine: s3://{cfg.lake.bucket}/quarantine/   gap ledger: s3://{cfg.lake.bucket}/coverage/
   Coverage       {stack.airflow_url}/candleflow/coverage/{cfg.demo_timeframe}   (UI: Browse → OHLCV coverage)
+  Data Docs      {stack.airflow_url}/candleflow/quality/{cfg.demo_timeframe}/index.html   (UI: Browse → Quality Data Docs {cfg.demo_timeframe})
   MLflow         {stack.mlflow_url}
   Models         {(chr(10) + '                 ').join(models) or '(none registered)'}
   Emulator       {stack.emulator_url}   (clock replaying from {clock})
 Stop everything with: make down""")
-    return 0 if ingest["state"] == "success" and train["state"] == "success" and models else 1
+    ok = all(r["state"] == "success" for r in (derivatives, ingest, train))
+    return 0 if ok and models else 1
 
 
 if __name__ == "__main__":
