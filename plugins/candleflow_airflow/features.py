@@ -15,8 +15,6 @@ from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import FEATURES
 
-STAGING = "_staging/features"
-
 
 def _s3_client(conn_id: str):
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -85,7 +83,8 @@ def plan_features() -> list[dict]:
     pipeline = load_pipeline()
     url = features.fear_greed_url(cfg, pipeline)
     frame = features.fetch_fear_greed(url, cfg.fear_greed_timeout_seconds)
-    key = f"{STAGING}/{re.sub(r'[^A-Za-z0-9._-]+', '_', ctx['run_id'])}/fear_greed.json"
+    # run-scoped scratch space between tasks (lake.staging_prefix in pipeline.yaml)
+    key = f"{pipeline.lake.staging_prefix}/features/{re.sub(r'[^A-Za-z0-9._-]+', '_', ctx['run_id'])}/fear_greed.json"
     features.stage_fear_greed(_s3_client(pipeline.lake.aws_conn_id), pipeline.lake.bucket, key, frame,
                               source="fear_greed:" + url.split("?")[0])
     return [{"symbol": s, "timeframe": timeframe, "start": start.isoformat(), "end": end.isoformat(),
