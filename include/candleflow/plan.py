@@ -58,13 +58,61 @@ def plan_pairs(*, exchanges: list[str] | None, symbols: list[str] | None, timefr
     ]
 
 
-def estimate_cost(pairs: list[dict]) -> list[str]:
+# Each exchange's candle endpoint as its published limits meter it (include/config/budgets.yaml).
+CANDLE_PATHS = {
+    "binance": "/api/v3/klines",
+    "coinbase": "/api/v3/brokerage/market/products/BTC-USD/candles",
+    "kraken": "/0/public/OHLC",
+    "bybit": "/v5/market/kline",
+    "okx": "/api/v5/market/history-candles",   # what a backfill pages (ccxt picks it by age)
+}
+
+
+# The same endpoint in ccxt's API table: ccxt spaces its requests rateLimit × the endpoint's cost.
+CCXT_CANDLE_ENDPOINTS = {
+    "binance": (("public", "get"), "klines"),
+    "coinbase": (("v3", "public", "get"), "brokerage/market/products/{product_id}/candles"),
+    "kraken": (("public", "get"), "OHLC"),
+    "bybit": (("public", "get"), "v5/market/kline"),
+    "okx": (("public", "get"), "market/history-candles"),
+}
+
+
+def ccxt_spacing_ms(client) -> float:
+    """Milliseconds ccxt's throttle puts between two candle requests of this client."""
+    keys, endpoint = CCXT_CANDLE_ENDPOINTS[client.id]
+    table = client.api
+    for key in keys:
+        table = table.get(key, {})
+    config = table.get(endpoint, {}) if isinstance(table, dict) else {}
+    cost = config.get("cost", 1) if isinstance(config, dict) else 1
+    return client.rateLimit * float(cost)
+
+
+def _published_rate(exchange: str) -> float | None:
+    """Candle requests per second the published budget allows (margin applied), or None."""
+    from candleflow.config import load_budgets
+
+    budget = load_budgets()[0].get(exchange)
+    if budget is None:
+        return None
+    path = CANDLE_PATHS[exchange]
+    rates = [bucket.rate * budget.margin / cost for bucket in budget.buckets
+             if (cost := bucket.cost(path))]
+    return min(rates) if rates else None
+
+
+def estimate_cost(pairs: list[dict], budget: str | None = None) -> list[str]:
     """What a request costs per exchange: OHLCV requests at the configured page size and the
-    wall time at ccxt's request spacing (`rateLimit`), printed before anything is fetched."""
+    wall time at the chosen budget's pace — ccxt's request spacing (`rateLimit`), or the
+    exchange's published limit × margin — printed before anything is fetched."""
     import math
 
     import ccxt
 
+    from candleflow.config import load_pipeline
+
+    budget = budget or load_pipeline().collect.budget
     universe = load_universe()
     lines, total_seconds = [], 0.0
     by_exchange: dict[str, list[dict]] = {}
@@ -78,10 +126,16 @@ def estimate_cost(pairs: list[dict]) -> list[str]:
         if exchange == "kraken":
             candles = [min(c, 720) for c in candles]  # its OHLC endpoint serves the 720 most recent only
         requests = sum(math.ceil(c / page) + 1 for c in candles) + 2  # + fetch_time per pair, + markets
-        spacing_ms = getattr(ccxt, exchange)().rateLimit
-        seconds = requests * spacing_ms / 1000
+        spacing_ms = ccxt_spacing_ms(getattr(ccxt, exchange)())
+        published = _published_rate(exchange) if budget == "published" else None
+        if published:
+            seconds = requests / published
+            pace = f"the published limit × margin ({published:.1f} candle requests/s)"
+        else:
+            seconds = requests * spacing_ms / 1000
+            pace = f"ccxt's {spacing_ms:.0f} ms spacing per candle request"
         total_seconds = max(total_seconds, seconds)  # exchanges run in parallel
         lines.append(f"cost: {exchange}: {len(group)} symbol(s) × up to {max(candles)} candles → ~{requests} requests "
-                     f"at {page}/page, ≈ {seconds:.0f} s at ccxt's {spacing_ms} ms spacing")
-    lines.append(f"cost: projected wall time ≈ {total_seconds:.0f} s (exchanges in parallel)")
+                     f"at {page}/page, ≈ {seconds:.0f} s at {pace}")
+    lines.append(f"cost: projected wall time ≈ {total_seconds:.0f} s (exchanges in parallel, budget {budget})")
     return lines

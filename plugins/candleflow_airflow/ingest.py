@@ -90,7 +90,7 @@ def plan_from_params() -> list[dict]:
     budget = parse_budget(params["budget"], "params.budget") if params.get("budget") else None
     pairs = plan_pairs(exchanges=params.get("exchanges"), symbols=params.get("symbols"),
                        timeframe=params["timeframe"], start=params["start"], end=params["end"])
-    for line in estimate_cost(pairs):
+    for line in estimate_cost(pairs, budget):
         logging.getLogger("candleflow.ingest").info(line)
     return _requests(pairs, force=bool(params.get("force")), budget=budget)
 

@@ -98,3 +98,27 @@ def test_plan_refuses_bad_requests_naming_the_field(kwargs, message):
                "start": "2024-10-01T00:00:00Z", "end": "2024-10-02T00:00:00Z", **kwargs}
     with pytest.raises(ConfigError, match=message):
         plan_pairs(**request)
+
+
+def test_the_cost_estimate_uses_ccxts_spacing_per_candle_request_and_the_published_budget_when_chosen():
+    import re
+
+    import ccxt
+
+    from candleflow.plan import ccxt_spacing_ms, estimate_cost, plan_pairs
+
+    # ccxt charges bybit's kline endpoint 5 × its 20 ms rateLimit: 100 ms, not 20
+    assert ccxt_spacing_ms(ccxt.bybit()) == 100
+    assert ccxt_spacing_ms(ccxt.binance()) == 20
+    pairs = plan_pairs(exchanges=["bybit"], symbols=["BTC"], timeframe="1m",
+                       start="2024-01-01T00:00:00Z", end="2024-02-01T00:00:00Z")
+
+    def seconds(lines):
+        return int(re.search(r"≈ (\d+) s", lines[0]).group(1))
+
+    slow, fast = estimate_cost(pairs, "ccxt"), estimate_cost(pairs, "published")
+    requests = int(re.search(r"~(\d+) requests", slow[0]).group(1))
+    assert seconds(slow) == round(requests * 0.1)
+    # bybit publishes 600 requests per 5 s; at the default 80 % margin that is 96 requests/s
+    assert seconds(fast) == round(requests / 96)
+    assert "budget published" in fast[-1] and "budget ccxt" in slow[-1]
