@@ -34,6 +34,21 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "config"
 
 
+def config_section(file: str, name: str, known: Any, section: dict | None = None,
+                   where: str | None = None) -> tuple[dict, str]:
+    """A YAML section (or the given mapping) checked against the fields of the dataclass `known`,
+    with the place to name in errors: unknown fields are refused, naming the known ones."""
+    if section is None:
+        section = load_yaml(file).get(name) or {}
+        where = f"{config_dir() / file}: {name}"
+    where = where or name
+    fields = known.__dataclass_fields__
+    unknown = set(section) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(fields)}")
+    return section, where
+
+
 def load_yaml(name: str) -> dict[str, Any]:
     path = config_dir() / name
     if not path.exists():

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from candleflow.config import TIMEFRAME_MS, ConfigError, config_dir, load_yaml
+from candleflow.config import TIMEFRAME_MS, ConfigError, config_section
 
 STRATEGIES = ("model", "baseline", "buy_and_hold", "always_long")
 METRICS = ("directional_accuracy", "total_return", "sharpe", "max_drawdown", "trades", "exposure")
@@ -66,14 +66,7 @@ def _number(section: dict, key: str, where: str, kind, low: float, high: float |
 
 def evaluation_config(section: dict | None = None, where: str | None = None) -> EvaluationConfig:
     """The `evaluation:` section of include/config/training.yaml (or the given mapping)."""
-    if section is None:
-        section = load_yaml("training.yaml").get("evaluation") or {}
-        where = f"{config_dir() / 'training.yaml'}: evaluation"
-    where = where or "evaluation"
-    unknown = set(section) - set(EvaluationConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(EvaluationConfig.__dataclass_fields__)}")
+    section, where = config_section("training.yaml", "evaluation", EvaluationConfig, section, where)
     d = EvaluationConfig()
     cfg = EvaluationConfig(
         holdout_fraction=_number(section, "holdout_fraction", where, float, 0.0, 1.0, d.holdout_fraction),

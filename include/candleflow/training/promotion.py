@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from candleflow.config import ConfigError, config_dir, load_yaml
+from candleflow.config import ConfigError, config_section
 from candleflow.training.evaluation import EvaluationConfig, evaluate, window_of
 
 CHAMPION = "champion"
@@ -43,14 +43,7 @@ class PromotionPolicy:
 
 def promotion_policy(section: dict | None = None, where: str | None = None) -> PromotionPolicy:
     """The `promotion:` section of include/config/training.yaml (or the given mapping)."""
-    if section is None:
-        section = load_yaml("training.yaml").get("promotion") or {}
-        where = f"{config_dir() / 'training.yaml'}: promotion"
-    where = where or "promotion"
-    unknown = set(section) - set(PromotionPolicy.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(PromotionPolicy.__dataclass_fields__)}")
+    section, where = config_section("training.yaml", "promotion", PromotionPolicy, section, where)
     d = PromotionPolicy()
     metric = section.get("metric", d.metric)
     if metric not in PROMOTION_METRICS:
