@@ -126,3 +126,13 @@ def pipeline_env(_pipeline_settings):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def own_lake_bucket(pipeline_env, s3_client, monkeypatch):
+    """A lake bucket of this test's own for DAG runs (CANDLEFLOW_LAKE_BUCKET): the session's shared
+    lake stays exactly as the e2e scenario expects, whatever order the modules run in."""
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    monkeypatch.setenv("CANDLEFLOW_LAKE_BUCKET", name)
+    return name
