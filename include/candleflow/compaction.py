@@ -140,9 +140,11 @@ def _common_prefixes(s3, bucket: str, prefix: str) -> list[str]:
 
 
 def partitions_on(s3, bucket: str, table: str | lake.TableSpec, date: str, **fixed: str) -> list[dict[str, str]]:
-    """The partitions of a date-partitioned table that hold objects on `date`, narrowed by fixed
+    """The partitions of a date-partitioned table that may hold objects on `date`, narrowed by fixed
     partition values (e.g. exchange="okx"). Discovered level by level with delimiter listings, so
-    the cost is the number of partitions, not the number of objects in the table's history."""
+    the cost is the number of partitions, not the number of objects in the table's history. The
+    date level is given, not listed: a partition may have nothing on `date` (compact_partition
+    lists it anyway and says "empty"; checking here too would list every partition twice)."""
     spec = lake.table_spec(table)
     if "date" not in spec.partition_keys:
         raise ValueError(f"table {spec.name}: partitioned by {', '.join(spec.partition_keys)}, not by date; "
@@ -164,15 +166,17 @@ def partitions_on(s3, bucket: str, table: str | lake.TableSpec, date: str, **fix
                 if label.startswith(f"{name}="):
                     found.append(({**values, name: label[len(name) + 1:]}, child))
         levels = found
-    return [values for values, path in levels if _objects_of(s3, bucket, path)]
+    return [values for values, _path in levels]
 
 
 def compact_day(s3, bucket: str, table: str | lake.TableSpec, date: str, *, now: datetime | None = None,
                 **fixed: str) -> list[PartitionCompaction]:
-    """Compact every partition of a finished UTC day (narrowed by fixed partition values)."""
+    """Compact every partition of a finished UTC day (narrowed by fixed partition values); the
+    result lists the partitions that hold objects on that day."""
     _check_date(date, now)
     results = [compact_partition(s3, bucket, table, partition)
                for partition in partitions_on(s3, bucket, table, date, **fixed)]
+    results = [r for r in results if r.status != "empty"]   # a pair with nothing on that date
     merged = [r for r in results if r.status == "compacted"]
     log.info("%s %s %s: %d partition(s), %d compacted from %d objects, %d already single, %d part(s) kept",
              lake.table_spec(table).name, date, fixed or "", len(results), len(merged),

@@ -27,7 +27,6 @@ batched; a re-run rewrites identical bytes. Each object's parquet metadata lists
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,8 +38,6 @@ import pyarrow as pa
 
 from candleflow import lake
 from candleflow.config import TIMEFRAME_MS, ConfigError, config_dir, load_yaml, parse_timeframe
-
-log = logging.getLogger(__name__)
 
 DAY = timedelta(days=1)
 CONTEXT_TIMEFRAMES_MS = {"1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}
@@ -211,6 +208,21 @@ def _positive_int(value, where: str) -> int:
     return value
 
 
+def _check_funding_table(name, where: str) -> None:
+    """A mistyped table must fail at load, not read as a funding_rate that is always null."""
+    try:
+        spec = lake.table_spec(name) if isinstance(name, str) else None
+    except KeyError as err:
+        raise ConfigError(f"{where}: {err.args[0]}") from err
+    if spec is None:
+        raise ConfigError(f"{where}: {name!r} must be a lake table name")
+    missing = [k for k in ("exchange", "symbol") if k not in spec.partition_keys]
+    missing += [c for c in ("ts", "funding_rate", "interval_hours") if c not in spec.schema.names]
+    if missing:
+        raise ConfigError(f"{where}: table {name!r} has no {', '.join(missing)}; funding needs a table partitioned "
+                          "by exchange and symbol with ts, funding_rate and interval_hours (e.g. funding)")
+
+
 def load_config(data: dict | None = None) -> FeaturesConfig:
     """features.yaml (or `data`, the same mapping) as a FeaturesConfig; ConfigError names the field."""
     where = str(config_dir() / "features.yaml")
@@ -255,6 +267,9 @@ def load_config(data: dict | None = None) -> FeaturesConfig:
     labels = data.get("labels") or {}
     warmup = _positive_int(data.get("warmup_days", 45), f"{where}: warmup_days")
     threshold = labels.get("direction_threshold", 0.0)
+    funding_table = (data.get("funding") or {}).get("table")
+    if funding_table:
+        _check_funding_table(funding_table, f"{where}: funding.table")
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
         raise ConfigError(f"{where}: labels.direction_threshold = {threshold!r} must be a number >= 0")
     return FeaturesConfig(
@@ -264,7 +279,7 @@ def load_config(data: dict | None = None) -> FeaturesConfig:
         context_timeframes=ctx_tfs,
         context_rsi_period=_positive_int(ctx.get("rsi_period", 14), f"{where}: context.rsi_period"),
         context_trend_period=_positive_int(ctx.get("trend_period", 20), f"{where}: context.trend_period"),
-        funding_table=(data.get("funding") or {}).get("table"),
+        funding_table=funding_table,
         fear_greed_url=str(fg.get("url", "https://api.alternative.me/fng/")),
         fear_greed_emulator_path=str(fg.get("emulator_path", "/alternative.me/fng/")),
         fear_greed_timeout_seconds=float(fg.get("timeout_seconds", 15)),
@@ -497,12 +512,12 @@ def _ms(dt: datetime) -> int:
 
 
 def _key_within(key: str, first: str, last: str) -> bool:
-    """Whether an object's time partition (date=YYYY-MM-DD or month=YYYY-MM) meets [first, last] (dates)."""
+    """Whether an object's time partition (lake.TIME_PARTITIONS: date=YYYY-MM-DD, month=YYYY-MM)
+    meets [first, last] (dates); each format is a prefix of the date's."""
     for part in key.split("/"):
-        if part.startswith("date="):
-            return first <= part[5:] <= last
-        if part.startswith("month="):
-            return first[:7] <= part[6:] <= last[:7]
+        name, _, value = part.partition("=")
+        if name in lake.TIME_PARTITIONS:
+            return first[:len(value)] <= value <= last[:len(value)]
     return True
 
 
@@ -512,19 +527,10 @@ def read_funding(s3, bucket: str, cfg: FeaturesConfig, symbol: str, exchanges, s
     or (None, []) where none are collected (yet): funding_rate then stays null."""
     if not cfg.funding_table:
         return None, []
-    try:
-        spec = lake.table_spec(cfg.funding_table)
-    except (ImportError, KeyError) as err:
-        log.info("funding: no %s table (%s); funding_rate stays null", cfg.funding_table, err)
-        return None, []
+    spec = lake.table_spec(cfg.funding_table)  # load_config checked it is partitioned by exchange, symbol
     frames, keys = [], []
     for exchange in sorted(exchanges):
-        filters = {k: v for k, v in (("exchange", exchange), ("symbol", symbol)) if k in spec.partition_keys}
-        frame, used = lake.read_table(s3, bucket, spec, start=start, end=end, **filters)
-        if "exchange" in frame.columns:
-            frame = frame[frame["exchange"] == exchange]
-        if "symbol" in frame.columns:
-            frame = frame[frame["symbol"] == symbol]
+        frame, used = lake.read_table(s3, bucket, spec, start=start, end=end, exchange=exchange, symbol=symbol)
         if not frame.empty:
             frames.append(frame)
             keys += used
@@ -535,10 +541,12 @@ def read_funding(s3, bucket: str, cfg: FeaturesConfig, symbol: str, exchanges, s
 
 def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime, end: datetime, *,
                    exchanges: list[str] | tuple[str, ...], cfg: FeaturesConfig | None = None,
-                   fear_greed: pd.DataFrame | None = None, fear_greed_source: str = "") -> list[dict]:
+                   fear_greed: pd.DataFrame | None = None, fear_greed_source: str = "",
+                   ohlcv_prefix: str | None = None) -> list[dict]:
     """Compute and write the features partitions of every date [start, end) touches, for one symbol
     and base timeframe, from every listed exchange's candles; one object per date (an empty date
-    deletes its object). Returns one summary per date: date, key, rows, sources."""
+    deletes its object). Returns one summary per date: date, key, rows, sources. The candles are
+    read under `ohlcv_prefix`, by default pipeline.yaml's lake.ohlcv_prefix."""
     cfg = cfg or load_config()
     base = timedelta(milliseconds=TIMEFRAME_MS[parse_timeframe(timeframe)])
     if start.tzinfo is None or end.tzinfo is None or end <= start:
@@ -547,9 +555,14 @@ def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime
     warmup = timedelta(days=cfg.warmup_days)
     horizon = base * cfg.horizon_bars
     read_start, read_end = days[0] - warmup, days[-1] + DAY + horizon
+    if ohlcv_prefix is None:
+        from candleflow.config import load_pipeline
+
+        ohlcv_prefix = load_pipeline().lake.ohlcv_prefix
+    ohlcv = lake.ohlcv_spec(ohlcv_prefix)
     frames, keys = [], []
     for exchange in sorted(exchanges):
-        part, used = lake.read_table(s3, bucket, "ohlcv", exchange=exchange, symbol=symbol, timeframe=timeframe,
+        part, used = lake.read_table(s3, bucket, ohlcv, exchange=exchange, symbol=symbol, timeframe=timeframe,
                                      start=read_start, end=read_end)
         if not part.empty:
             frames.append(part)
@@ -595,15 +608,26 @@ def object_sources(s3, bucket: str, key: str) -> list[str]:
     return json.loads(meta.get(SOURCES_METADATA.encode(), b"[]"))
 
 
-def load_training_frame(s3, bucket: str, symbol: str, timeframe: str, start: datetime,
-                        end: datetime) -> tuple[pd.DataFrame, list[str]]:
-    """Feature rows of [start, end) for one symbol (every exchange) and the features object keys they
-    came from (each object's own inputs: `object_sources`). Columns: exchange, symbol, timeframe, ts,
-    close, FEATURE_COLUMNS, LABEL_COLUMNS; sorted by exchange, ts. Labels near `end` look past it by
-    construction: hold out a horizon between training and evaluation windows."""
-    frame, keys = lake.read_table(s3, bucket, "features", symbol=symbol, timeframe=timeframe, start=start, end=end)
+def load_training_inputs(s3, bucket: str, symbol: str, timeframe: str, start: datetime,
+                         end: datetime) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """`load_training_frame`'s rows and keys, plus the sorted union of those objects' own inputs
+    (their `candleflow.sources`), taken from the objects as they are read: no second GET each."""
+    frame, keys, metadata = lake.read_table(s3, bucket, "features", with_metadata=True, symbol=symbol,
+                                            timeframe=timeframe, start=start, end=end)
     frame = frame.drop(columns=["date"])
     frame["ts"] = frame["ts"].astype("datetime64[ms, UTC]")
     columns = ["exchange", "symbol", "timeframe", "ts", "close", *FEATURE_COLUMNS, *LABEL_COLUMNS]
     frame = frame[columns].sort_values(["exchange", "ts"], kind="stable").reset_index(drop=True)
+    inputs = sorted({src for key in keys for src in json.loads(metadata[key].get(SOURCES_METADATA, "[]"))})
+    return frame, keys, inputs
+
+
+def load_training_frame(s3, bucket: str, symbol: str, timeframe: str, start: datetime,
+                        end: datetime) -> tuple[pd.DataFrame, list[str]]:
+    """Feature rows of [start, end) for one symbol (every exchange) and the features object keys they
+    came from (each object's own inputs: `object_sources`, or all at once: `load_training_inputs`).
+    Columns: exchange, symbol, timeframe, ts, close, FEATURE_COLUMNS, LABEL_COLUMNS; sorted by
+    exchange, ts. Labels near `end` look past it by construction: hold out a horizon between
+    training and evaluation windows."""
+    frame, keys, _ = load_training_inputs(s3, bucket, symbol, timeframe, start, end)
     return frame, keys

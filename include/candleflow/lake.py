@@ -349,14 +349,15 @@ def _partition_keys_matching(spec: TableSpec, keys, filters: dict[str, str], sta
     return out
 
 
-def _list_and_get(s3, bucket: str, prefix: str, select, attempts: int = 3):
+def _list_and_get(s3, bucket: str, listing: dict, select, attempts: int = 3):
     """List, select, GET. An object deleted between the listing and its GET (a compaction that
     merged it, a re-run that emptied it) means the partition changed under the reader: list again
-    rather than skip it (its rows may be in an object this listing did not see yet)."""
+    rather than skip it (its rows may be in an object this listing did not see yet). `listing`:
+    list_objects' keyword arguments."""
     from botocore.exceptions import ClientError
 
     for attempt in range(attempts):
-        selected = select(list_objects(s3, bucket, prefix))
+        selected = select(list_objects(s3, bucket, **listing))
         try:
             return selected, _in_flight(lambda item: _get(s3, bucket, item[0]), selected)
         except ClientError as err:
@@ -365,29 +366,45 @@ def _list_and_get(s3, bucket: str, prefix: str, select, attempts: int = 3):
     raise AssertionError("unreachable")
 
 
+def _listing(spec: TableSpec, filters: dict[str, str], start: datetime | None, end: datetime | None) -> dict:
+    """list_objects' arguments for a read: the narrowest prefix the filters allow and, when the next
+    partition level is a time partition, only its keys within [start, end). A pair's ohlcv folder
+    also holds every batch's `_quality/` result (one per chunk, never compacted) and its whole
+    history: listing from the first wanted date, stopping after the last, keeps a scheduled read
+    at a few keys however old the pair is (`_quality/` sorts before `date=`)."""
+    prefix = listing_prefix(spec, **filters)
+    level = next((i for i, k in enumerate(spec.partition_keys) if not filters.get(k)), len(spec.partition_keys))
+    if level == len(spec.partition_keys) or spec.partition_keys[level] not in TIME_PARTITIONS:
+        return {"prefix": prefix}
+    name = spec.partition_keys[level]
+    first, last = _time_bounds(start, end, TIME_PARTITIONS[name])
+    return {"prefix": prefix, "start_after": f"{prefix}{name}={first}" if first else None,
+            "stop": f"{prefix}{name}={last}/" if last else None}
+
+
 def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | None = None,
-               end: datetime | None = None, as_arrow: bool = False,
-               **filters: str) -> tuple[pd.DataFrame | pa.Table, list[str]]:
+               end: datetime | None = None, as_arrow: bool = False, with_metadata: bool = False,
+               **filters: str) -> tuple:
     """Rows of a table matching partition filters and [start, end) on `ts`, with the keys they came
     from: partition columns first, deduplicated on partition keys + unique keys (the later-named
     object wins), sorted. Partitions are pruned by key before any object is read (filters in key
-    order narrow the listing; time partitions by start/end); old objects are read as the current
-    schema (`as_current_schema`)."""
+    order narrow the listing; time partitions by start/end, in the listing too when the filters
+    reach them); old objects are read as the current schema (`as_current_schema`).
+
+    with_metadata: also return {key: that object's parquet schema metadata (str → str)} for the
+    keys returned (e.g. features' `candleflow.sources`), from the bytes already read."""
     spec = table_spec(table)
     unknown = set(filters) - set(spec.partition_keys)
     if unknown:
         raise ValueError(f"filter(s) {sorted(unknown)}: table {spec.name} is partitioned by "
                          f"{', '.join(spec.partition_keys)}")
     filters = {k: v for k, v in filters.items() if v}
-    prefix = f"{spec.name}/"
-    for name in spec.partition_keys:
-        if not filters.get(name):
-            break
-        prefix += f"{name}={filters[name]}/"
-    selected, parts = _list_and_get(s3, bucket, prefix, lambda keys: _partition_keys_matching(
-        spec, keys, filters, start, end))
-    pieces, used = [], []
+    selected, parts = _list_and_get(s3, bucket, _listing(spec, filters, start, end),
+                                    lambda keys: _partition_keys_matching(spec, keys, filters, start, end))
+    pieces, used, metadata = [], [], {}
     for (key, values), part in zip(selected, parts, strict=True):
+        if with_metadata:
+            metadata[key] = {k.decode(): v.decode() for k, v in (part.schema.metadata or {}).items()}
         part = as_current_schema(spec, part, key)
         if "ts" in part.column_names and (start is not None or end is not None):
             ts = part.column("ts")
@@ -399,6 +416,7 @@ def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | Non
                 mask = upper if mask is None else pa.compute.and_(mask, upper)
             part = part.filter(mask)
         if part.num_rows == 0:
+            metadata.pop(key, None)
             continue
         for name in reversed(spec.partition_keys):
             part = part.add_column(0, name, pa.array([values[name]] * part.num_rows, type=pa.string()))
@@ -409,28 +427,40 @@ def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | Non
     # keys were read in sorted order: the later-named object wins a duplicate (a later window start
     # beats an earlier one; a compacted day sorts before every part of its day)
     out = _dedup_sorted(out, (*spec.partition_keys, *spec.unique_keys), (*spec.partition_keys, *spec.sort_keys))
-    return (out if as_arrow else out.to_pandas()), used
+    out = out if as_arrow else out.to_pandas()
+    return (out, used, metadata) if with_metadata else (out, used)
 
 
 # -- reading ------------------------------------------------------------------------------------
-def list_objects(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
-    """{key: (size, etag)} under a prefix: what a re-run must leave unchanged."""
+def list_objects(s3, bucket: str, prefix: str = "", *, start_after: str | None = None,
+                 stop: str | None = None) -> dict[str, tuple[int, str]]:
+    """{key: (size, etag)} under a prefix: what a re-run must leave unchanged. start_after: only
+    keys sorting after it; stop: no keys sorting after every key that starts with it (paging ends
+    there: S3 lists in key order)."""
     out: dict[str, tuple[int, str]] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    args = {"Bucket": bucket, "Prefix": prefix, **({"StartAfter": start_after} if start_after else {})}
+    for page in s3.get_paginator("list_objects_v2").paginate(**args):
         for obj in page.get("Contents", []):
+            if stop is not None and obj["Key"] > stop and not obj["Key"].startswith(stop):
+                return out
             out[obj["Key"]] = (obj["Size"], obj["ETag"])
     return out
 
 
-def listing_prefix(table: str, *, exchange: str | None = None, symbol: str | None = None,
-                   timeframe: str | None = None) -> str:
-    """The narrowest key prefix the Hive partitions allow for these filters (exchange, then
-    symbol, then timeframe: a later level only narrows when the earlier ones are given)."""
-    prefix = f"{table}/"
-    for name, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
-        if not value:
+def listing_prefix(table: str | TableSpec, **filters: str | None) -> str:
+    """The narrowest key prefix the Hive partitions allow for these filters: the partition keys in
+    key order (a TableSpec's, or exchange, symbol, timeframe under a plain prefix such as the gap
+    ledger's), a later level only narrowing when the earlier ones are given."""
+    name, levels = ((table.name, table.partition_keys) if isinstance(table, TableSpec)
+                    else (table, ("exchange", "symbol", "timeframe")))
+    unknown = set(filters) - set(levels)
+    if unknown:
+        raise ValueError(f"filter(s) {sorted(unknown)}: {name} is partitioned by {', '.join(levels)}")
+    prefix = f"{name}/"
+    for level in levels:
+        if not filters.get(level):
             break
-        prefix += f"{name}={value}/"
+        prefix += f"{level}={filters[level]}/"
     return prefix
 
 

@@ -197,3 +197,21 @@ def test_any_date_partitioned_table_compacts_and_a_misnamed_part_is_refused(s3_c
     month = lake.TableSpec("monthly_test", spec.schema, ("exchange", "month"), ("ts",))
     with pytest.raises(ValueError, match="not by date"):
         compaction.partitions_on(s3_client, bucket, month, "2024-10-20")
+
+
+def test_compact_day_lists_each_partition_once(s3_client, bucket):
+    hourly_day(s3_client, bucket)
+    hourly_day(s3_client, bucket, symbol="ETH")
+    listed = []
+
+    def count(params, **_):
+        listed.append(params["Prefix"])
+
+    s3_client.meta.events.register("before-parameter-build.s3.ListObjectsV2", count)
+    try:
+        results = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-20", now=NOW, exchange="binance")
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", count)
+    assert [r.status for r in results] == ["compacted", "compacted"]
+    day_listings = sorted(p for p in listed if "date=" in p)
+    assert day_listings == [PREFIX.format(tf="1h"), PREFIX.format(tf="1h").replace("BTC", "ETH")]

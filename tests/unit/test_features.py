@@ -293,10 +293,13 @@ def test_shipped_config_loads_every_indicator():
 
 
 # -- Fear & Greed source ----------------------------------------------------------------------------
-def test_shipped_fixture_is_the_generators_output_with_its_gap_days():
+def test_served_index_is_the_generators_deterministic_output_with_its_gap_days():
     from candleflow.emulator import feargreed
 
-    shipped = json.loads(feargreed.FIXTURE.read_text())
+    # every day, as served by an emulator whose clock is past the series' last day
+    after_last_day_ms = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    shipped = feargreed.FearGreedIndex(lambda: after_last_day_ms).serve("GET", {"limit": "0"}).body
+    shipped["data"][0].pop("time_until_update")
     assert shipped["data"] == feargreed.generate()
     days = {datetime.fromtimestamp(int(e["timestamp"]), UTC).strftime("%Y-%m-%d") for e in shipped["data"]}
     assert set(feargreed.MISSING_DAYS).isdisjoint(days)
@@ -331,14 +334,14 @@ def test_fear_greed_url_follows_exchange_mode(cfg):
 
 
 # -- the lake: partitions, sources, re-runs, training frame --------------------------------------------
-def _seed_lake(s3, bucket, candles: pd.DataFrame, symbol="BTC") -> None:
+def _seed_lake(s3, bucket, candles: pd.DataFrame, symbol="BTC", prefix="ohlcv") -> None:
     from candleflow import lake
 
     for ex, one in candles.groupby("exchange"):
         start = one["ts"].min().to_pydatetime()
         end = one["ts"].max().to_pydatetime() + timedelta(hours=1)
         lake.write_batch(s3, bucket, one.drop(columns=["exchange"]), exchange=ex, symbol=symbol, timeframe="1h",
-                         market=f"{symbol}/USDT", window_start=start, window_end=end)
+                         market=f"{symbol}/USDT", window_start=start, window_end=end, prefix=prefix)
 
 
 def test_build_writes_daily_partitions_with_sources_identically_however_batched(s3_client, bucket, cfg):
@@ -435,3 +438,46 @@ def test_build_refuses_an_empty_or_naive_window(cfg):
                        (datetime(2024, 8, 1), datetime(2024, 8, 2))):
         with pytest.raises(ValueError, match="give time-zone-aware start < end"):
             F.build_features(None, "unused", "BTC", "1h", start, end, exchanges=["binance"], cfg=cfg)
+
+
+def test_build_reads_candles_under_the_configured_ohlcv_prefix(s3_client, bucket, cfg):
+    cfg = replace(cfg, warmup_days=1)
+    _seed_lake(s3_client, bucket, make_candles(hours=24 * 3), prefix="candles")
+    day = datetime(2024, 8, 2, tzinfo=UTC)
+    [done] = F.build_features(s3_client, bucket, "BTC", "1h", day, day + timedelta(days=1),
+                              exchanges=list(EXCHANGES), cfg=cfg, ohlcv_prefix="candles")
+    assert done["rows"] == 72
+    sources = F.object_sources(s3_client, bucket, done["key"])
+    assert sources and all(k.startswith("candles/exchange=") for k in sources)
+
+
+def test_training_inputs_come_from_the_objects_as_read_without_a_second_get(s3_client, bucket, cfg):
+    cfg = replace(cfg, warmup_days=1)
+    _seed_lake(s3_client, bucket, make_candles(hours=24 * 4))
+    start, end = datetime(2024, 8, 2, tzinfo=UTC), datetime(2024, 8, 4, tzinfo=UTC)
+    F.build_features(s3_client, bucket, "BTC", "1h", start, end, exchanges=list(EXCHANGES), cfg=cfg,
+                     fear_greed_source="fear_greed:test")
+    gets = []
+
+    def count(params, **_):
+        gets.append(params["Key"])
+
+    s3_client.meta.events.register("before-parameter-build.s3.GetObject", count)
+    try:
+        frame, keys, inputs = F.load_training_inputs(s3_client, bucket, "BTC", "1h", start, end)
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.GetObject", count)
+    assert sorted(gets) == sorted(keys) and len(keys) == 2
+    assert inputs == sorted({src for key in keys for src in F.object_sources(s3_client, bucket, key)})
+    assert "fear_greed:test" in inputs and any(k.startswith("ohlcv/") for k in inputs)
+    same, same_keys = F.load_training_frame(s3_client, bucket, "BTC", "1h", start, end)
+    pd.testing.assert_frame_equal(same, frame)
+    assert same_keys == keys
+
+
+def test_a_mistyped_funding_table_is_a_config_error_not_a_null_column():
+    with pytest.raises(ConfigError, match=r"funding\.table: table 'fundings': unknown lake table"):
+        F.load_config({"funding": {"table": "fundings"}})
+    with pytest.raises(ConfigError, match=r"funding\.table: table 'features' has no exchange, interval_hours"):
+        F.load_config({"funding": {"table": "features"}})
+    assert F.load_config({"funding": {"table": "funding"}}).funding_table == "funding"

@@ -151,3 +151,43 @@ def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(
     assert (expected["close"] == -3.0).sum() == 1
     got["ts"] = got["ts"].dt.tz_convert("UTC").astype("datetime64[ms, UTC]")
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_a_time_bounded_read_lists_only_the_dates_it_needs(s3_client, bucket):
+    """A pair's folder holds its whole history and one `_quality/` result per batch: a read of two
+    days lists from the first wanted date and stops paging after the last."""
+    start = datetime(2024, 10, 10, tzinfo=UTC)
+    write(s3_client, bucket, candles(start, 24 * 10), start, start + timedelta(days=10))
+    base = "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/"
+    for i in range(10):
+        s3_client.put_object(Bucket=bucket, Key=f"{base}_quality/{i:02d}.json", Body=b"{}")
+    lo, hi = datetime(2024, 10, 17, 6, tzinfo=UTC), datetime(2024, 10, 18, 2, tzinfo=UTC)
+    whole = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h")
+    requests = []
+
+    def one_key_per_page(params, **_):  # every key listed costs a request: the count is the keys listed
+        params["MaxKeys"] = 1
+        requests.append(params.get("StartAfter"))
+
+    s3_client.meta.events.register("before-parameter-build.s3.ListObjectsV2", one_key_per_page)
+    try:
+        frame, keys = lake.read_table(s3_client, bucket, "ohlcv", exchange="binance", symbol="BTC", timeframe="1h",
+                                      start=lo, end=hi)
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", one_key_per_page)
+    assert [k.split("/")[4] for k in keys] == ["date=2024-10-17", "date=2024-10-18"]
+    expected = whole[(whole["ts"] >= lo) & (whole["ts"] < hi)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame, expected)
+    # 10-17, 10-18 and the first key past the last date (which ends the paging); not 20 keys
+    assert len(requests) == 3 and requests[0] == base + "date=2024-10-17"
+
+
+def test_read_table_hands_back_each_objects_metadata_it_read(s3_client, bucket):
+    day = datetime(2024, 10, 20, tzinfo=UTC)
+    table = lake.to_table(candles(day, 3), "BTC/USDT")
+    key = lake.partition_prefix("ohlcv", "binance", "BTC", "1h", "2024-10-20") + "part-a.parquet"
+    lake.write_object(s3_client, bucket, key, table, metadata={"candleflow.sources": '["x"]'})
+    frame, keys, metadata = lake.read_table(s3_client, bucket, "ohlcv", with_metadata=True, exchange="binance")
+    assert keys == [key] and len(frame) == 3
+    assert metadata[key]["candleflow.sources"] == '["x"]'
+    assert lake.read_table(s3_client, bucket, "ohlcv", exchange="binance")[1] == [key]

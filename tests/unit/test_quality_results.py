@@ -9,23 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from candleflow import lake
 from candleflow.config import CollectConfig, LakeConfig
-from candleflow.emulator import EmulatorServer
 from candleflow.ingest import ingest_exchange
 from candleflow.quality import keep_batch_result, validate_ohlcv
 from candleflow.quality.runs import check_run
 
 FAST = CollectConfig(max_attempts=4, backoff_seconds=0.05, enable_rate_limit=False, chunk_days=3)
 START, END = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 23, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
-        yield server
 
 
 def run(emulator, s3, bucket, symbols=("BTC", "ETH"), exchange="binance"):
@@ -113,3 +105,36 @@ def test_the_run_level_suites_read_the_lake_keep_results_and_build_data_docs(s3_
     assert {p.split("/")[5] for p in pages} == {"cross_exchange_1h", "freshness_1h", "ohlcv_batch_1h"}
     index = s3_client.get_object(Bucket=bucket, Key=site + "index.html")["Body"].read().decode()
     assert "freshness_1h" in index and "binance-ETH" in index
+
+
+def test_the_run_level_suites_read_candles_under_the_configured_ohlcv_prefix(s3_client, bucket):
+    exchanges = ["binance", "bybit", "okx"]
+    window = (START, START + timedelta(hours=48))
+    for i, exchange in enumerate(exchanges):
+        lake.write_batch(s3_client, bucket, frame_for(i), exchange=exchange, symbol="ETH", timeframe="1h",
+                         market="ETH/USDT", window_start=window[0], window_end=window[1], prefix="candles")
+    summary = check_run(s3_client, bucket, ohlcv_prefix="candles", timeframe="1h", window_start=window[0],
+                        window_end=window[1], pairs=[(e, "ETH") for e in exchanges], scheduled=True)
+    assert summary["errors"] == [] and summary["warnings"] == []
+    assert summary["results"]["freshness"].startswith("candles/_quality/freshness/")
+    table = lake.read(s3_client, bucket, "quality", timeframe="1h")
+    fresh = table[table["suite"] == "freshness"]
+    # every pair's candles were found under candles/: fresh, each judged on its 48 candles
+    assert sorted(fresh["exchange"]) == exchanges and fresh["success"].all()
+    cross = table[table["suite"] == "cross_exchange"]
+    assert sorted(cross["exchange"]) == exchanges and cross["element_count"].eq(48).all()
+
+
+def test_a_clean_run_writes_no_data_docs(s3_client, bucket):
+    """Nothing failed or warned: no rendering, and the site keeps the last run that found something."""
+    exchanges = ["binance", "bybit", "okx"]
+    window = (START, START + timedelta(hours=48))
+    for i, exchange in enumerate(exchanges):
+        lake.write_batch(s3_client, bucket, frame_for(i), exchange=exchange, symbol="ETH", timeframe="1h",
+                         market="ETH/USDT", window_start=window[0], window_end=window[1])
+    summary = check_run(s3_client, bucket, ohlcv_prefix="ohlcv", timeframe="1h", window_start=window[0],
+                        window_end=window[1], pairs=[(e, "ETH") for e in exchanges], scheduled=True,
+                        run_name="scheduled__2024-10-22T00:00:00+00:00")
+    assert summary["errors"] == [] and summary["warnings"] == [] and summary["data_docs"] is None
+    assert set(summary["results"]) == {"cross_exchange", "freshness"}   # the results are still kept
+    assert lake.list_objects(s3_client, bucket, "reports/") == {}

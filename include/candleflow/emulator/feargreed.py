@@ -1,6 +1,5 @@
 """The Crypto Fear & Greed index (alternative.me) offline: `GET /alternative.me/fng/` answers in the
-format of `https://api.alternative.me/fng/`, from a shipped fixture (`fear_greed.json` beside
-this module).
+format of `https://api.alternative.me/fng/`, from a generated series (`generate()`).
 
     GET /alternative.me/fng/?limit=10&format=json
     {"name": "Fear and Greed Index",
@@ -13,27 +12,24 @@ and only the newest entry carries `time_until_update`. Days after the emulated c
 not served (their index is not published yet). Only `format=json` with unix timestamps is
 emulated; other formats get a 400 in the API's envelope, `metadata.error` saying why.
 
-The fixture is synthetic but plausible and deterministic: a seeded AR(1) sentiment path around 50,
+The series is synthetic but plausible and deterministic: a seeded AR(1) sentiment path around 50,
 clipped to [5, 95], with a few days left out on purpose (`MISSING_DAYS`), because the real series
-has gaps too and a consumer must treat them as gaps, not zeros. Regenerate it with
-`python -m candleflow.emulator.feargreed` (same seed, same bytes).
+has gaps too and a consumer must treat them as gaps, not zeros. It is computed once per process
+(milliseconds) rather than shipped as a file that would have to be kept equal to the generator.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from functools import cache
 
 from candleflow.emulator.venues import Reply
 
 PATH = "/alternative.me/fng"
-FIXTURE = Path(__file__).with_name("fear_greed.json")
 SEED = 20180201
 FIRST_DAY = date(2023, 1, 1)
 LAST_DAY = date(2025, 12, 31)
-# Left out of the fixture: two single days and a two-day hole inside the demo window (2024-09-20 →
+# Left out of the series: two single days and a two-day hole inside the demo window (2024-09-20 →
 # 2024-10-30), so the pipeline's gap handling is exercised by `make up` as well as by the tests.
 MISSING_DAYS = ("2023-06-14", "2024-03-17", "2024-10-08", "2024-10-09", "2025-02-11")
 DAY_S = 86_400
@@ -54,7 +50,7 @@ def classify(value: int) -> str:
 
 def generate(first: date = FIRST_DAY, last: date = LAST_DAY, seed: int = SEED,
              missing: tuple[str, ...] = MISSING_DAYS) -> list[dict]:
-    """The fixture's entries, newest first, as the API lists them (without time_until_update)."""
+    """The index's entries, newest first, as the API lists them (without time_until_update)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -72,19 +68,18 @@ def generate(first: date = FIRST_DAY, last: date = LAST_DAY, seed: int = SEED,
     return out[::-1]
 
 
-def write_fixture(path: Path = FIXTURE) -> Path:
-    # one entry per line: readable, diffable, and still plain JSON
-    rows = ",\n  ".join(json.dumps(e) for e in generate())
-    path.write_text('{"name": "Fear and Greed Index", "metadata": {"error": null},\n "data": [\n  ' + rows + "\n]}\n")
-    return path
+@cache
+def _entries() -> tuple[dict, ...]:
+    # shared by every emulator of the process; serve() copies each entry it answers with
+    return tuple(generate())
 
 
 class FearGreedIndex:
-    """Serves the fixture as of the emulated clock."""
+    """Serves `generate()`'s series as of the emulated clock."""
 
-    def __init__(self, now_ms, path: Path = FIXTURE):
+    def __init__(self, now_ms):
         self.now_ms = now_ms
-        self.entries = json.loads(path.read_text())["data"]   # newest first
+        self.entries = _entries()   # newest first
 
     def serve(self, method: str, query: dict) -> Reply:
         if method not in ("GET", "HEAD"):
@@ -111,7 +106,3 @@ class FearGreedIndex:
 def _error(message: str) -> Reply:
     # the API's envelope, with the reason in metadata.error (a 400: the client asked for something unserved)
     return Reply(400, {"name": "Fear and Greed Index", "data": [], "metadata": {"error": message}})
-
-
-if __name__ == "__main__":
-    print(write_fixture(Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURE))

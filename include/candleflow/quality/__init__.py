@@ -26,7 +26,7 @@ __all__ = ["COLUMNS", "PRICE_COLUMNS", "TABLE_SPECS", "QualityError", "QualityRe
 
 def __getattr__(name: str):
     # lazily: the table spec needs pyarrow, the CLI pandas
-    if name in ("TABLE_SPECS", "QUALITY_TABLE"):
+    if name == "TABLE_SPECS":
         from candleflow.quality import results
 
         return getattr(results, name)

@@ -14,6 +14,7 @@ start of the window the validation judged, `date` its day.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from datetime import UTC, datetime
@@ -22,10 +23,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from candleflow.quality.report import QualityReport
 
-_STAMP = "%Y%m%dT%H%M%SZ"
 
-
-def _spec():
+@functools.cache
+def _table():
     import pyarrow as pa
 
     from candleflow.lake import TableSpec
@@ -53,25 +53,16 @@ def _spec():
 
 
 def __getattr__(name: str):
-    if name == "QUALITY_TABLE":
-        return _table()
+    # lazily: the spec needs pyarrow, and the dag processor imports this package
     if name == "TABLE_SPECS":
         return {"quality": _table()}
     raise AttributeError(name)
 
 
-_TABLE = None
-
-
-def _table():
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _spec()
-    return _TABLE
-
-
 def _stamp(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime(_STAMP)
+    from candleflow.lake import _stamp  # the lake's part-name stamp; imported late (pyarrow, pandas)
+
+    return _stamp(dt)
 
 
 def run_id() -> str:

@@ -8,7 +8,7 @@
 
 Each is one GX validation of a small derived frame (one expectation), so its cost does not grow
 with the number of pairs; `check_run` keeps their results (JSON, `quality` table rows), renders
-the Data Docs of the run and says whether an error-level rule failed.
+the Data Docs of a run that found something and says whether an error-level rule failed.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
               run_name: str = "", config: QualityConfig | None = None) -> dict:
     """The run-level suites over the lake's candles of [window_start, window_end) for `pairs`
     ((exchange, symbol) the run collected), their results kept, and the run's Data Docs (with the
-    batch results listed in `batch_results` as (label, JSON key)). Returns a summary with
+    batch results listed in `batch_results` as (label, JSON key)) when anything failed or warned
+    or `data_docs_include_passed` is set (`data_docs` is None otherwise). Returns a summary with
     `errors` (error-level failures' summaries) and `warnings`."""
     import json
 
@@ -153,15 +154,16 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
                      "window_end": window_end.isoformat(), "pairs": len(pairs), "errors": [], "warnings": [],
                      "results": {}}
     docs: list[tuple[str, dict]] = []
+    findings = False  # anything failed or warned: only then are the run's Data Docs published
     lookback = window_start
     if scheduled and config.freshness.on:
         lookback = min(window_start, window_end - tf * (config.freshness_max_lag[timeframe] + 2))
-    frames = []
-    for exchange, symbol in sorted(set(pairs)):
-        frame = lake.read(s3, bucket, ohlcv_prefix, exchange=exchange, symbol=symbol, timeframe=timeframe,
-                          start=lookback, end=window_end)
-        if len(frame):
-            frames.append(frame[["exchange", "symbol", "ts", "close"]])
+    spec = lake.ohlcv_spec(ohlcv_prefix)
+    # one read per pair, a few at once: a scheduled run judges up to 150 pairs, each read S3 latency
+    read = lake._in_flight(lambda pair: lake.read(s3, bucket, spec, exchange=pair[0], symbol=pair[1],
+                                                  timeframe=timeframe, start=lookback, end=window_end),
+                           sorted(set(pairs)))
+    frames = [frame[["exchange", "symbol", "ts", "close"]] for frame in read if len(frame)]
     import pandas as pd
 
     candles = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -197,13 +199,17 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
         log.log(logging.ERROR if report.errors else logging.WARNING if report.warnings else logging.INFO,
                 report.summary)
         docs.append((f"{suite}-{timeframe}", report.gx_result))
+        findings = findings or bool(report.failed)
     for label, key in batch_results:
         try:
             document = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         except s3.exceptions.NoSuchKey:
             continue
         docs.append((label, document["gx_result"]))
+        findings = True  # the caller lists failed or warned batches (every batch with include_passed)
+    # A clean run renders nothing: no GX rendering per run, no orphan pages, and the index keeps
+    # showing the last run that found something. A run with findings shows its suites, passed too.
     summary["data_docs"] = results.publish_data_docs(
         s3, bucket, docs, timeframe=timeframe, run_name=run_name, run_time=window_end.astimezone(UTC),
-        prefix=config.data_docs_prefix)
+        prefix=config.data_docs_prefix) if findings or config.data_docs_include_passed else None
     return summary
