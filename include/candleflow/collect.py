@@ -136,8 +136,21 @@ def _state(client, cfg: CollectConfig) -> _ClientState:
     return state
 
 
-def _with_retries(call, what: str, cfg: CollectConfig, counter: list[int]):
-    """Synchronous retries (used from worker threads, e.g. listing discovery)."""
+def _retry_after(client) -> float | None:
+    """Seconds of the Retry-After header of the client's last response, if it sent a number."""
+    headers = getattr(client, "last_response_headers", None) or {}
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _with_retries(call, what: str, cfg: CollectConfig, counter: list[int], client=None):
+    """Synchronous retries (used from worker threads, e.g. listing discovery, and by
+    candleflow.derivatives). Given the `client`, a 429/418 waits at least its Retry-After."""
     import ccxt
 
     delay = cfg.backoff_seconds
@@ -148,9 +161,12 @@ def _with_retries(call, what: str, cfg: CollectConfig, counter: list[int]):
         except ccxt.NetworkError as exc:  # timeouts, 429 (DDoSProtection), 5xx (ExchangeNotAvailable)
             if attempt == cfg.max_attempts:
                 raise
+            wait = delay
+            if client is not None and isinstance(exc, ccxt.RateLimitExceeded | ccxt.DDoSProtection):
+                wait = max(delay, _retry_after(client) or 0)
             log.warning("%s failed (%s: %s); retry %d/%d in %.1f s", what, type(exc).__name__,
-                        str(exc)[:200], attempt, cfg.max_attempts - 1, delay)
-            time.sleep(delay)
+                        str(exc)[:200], attempt, cfg.max_attempts - 1, wait)
+            time.sleep(wait)
             delay *= 2
     raise AssertionError("unreachable")
 

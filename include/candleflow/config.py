@@ -125,7 +125,7 @@ class CollectConfig:
     backoff_seconds: float = 1.0   # first wait; doubles per attempt
     timeout_ms: int = 15_000       # per HTTP request
     enable_rate_limit: bool = True  # ccxt's own throttle (CANDLEFLOW_RATE_LIMIT=false turns it off)
-    empty_page_retries: int = 1     # an empty page where candles may be due is asked again this often
+    empty_page_retries: int = 1     # an empty page where rows are due (candles, funding, open interest) is asked again this often
     chunk_days: int = 31            # a backfill validates, writes and resumes per chunk of this many days
     overlap_intervals: int = 1      # scheduled runs also re-fetch this many previous intervals (late candles)
     binance_archive: bool = True    # whole past months on binance from data.binance.vision, not REST pages

@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pyarrow as pa
 
+from candleflow.collect import _with_retries
 from candleflow.config import CollectConfig, ConfigError, config_dir, load_universe, load_yaml, parse_utc
 from candleflow.lake import TableSpec, partition_path, write_partition
 
@@ -91,7 +92,6 @@ class DerivativesConfig:
     lookback: timedelta
     open_interest_period: str
     snap_tolerance_ms: int
-    empty_page_retries: int
     venues: dict[str, VenueConfig]
 
 
@@ -137,8 +137,7 @@ def load_config() -> DerivativesConfig:
         settle=str(data.get("settle", "USDT")).upper(),
         history_start=parse_utc(data.get("history_start", "2024-09-20T00:00:00Z"), f"{where}: history_start"),
         lookback=timedelta(hours=lookback), open_interest_period=period,
-        snap_tolerance_ms=int(data.get("snap_tolerance_ms", 1000)),
-        empty_page_retries=int(data.get("empty_page_retries", 1)), venues=venues)
+        snap_tolerance_ms=int(data.get("snap_tolerance_ms", 1000)), venues=venues)
 
 
 # -- exchange access -------------------------------------------------------------------------
@@ -153,44 +152,21 @@ def open_client(exchange: str, venue: VenueConfig, *, mode: str, emulator_url: s
     return client
 
 
-def _retry_after(client) -> float | None:
-    headers = getattr(client, "last_response_headers", None) or {}
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 class Caller:
-    """Calls into ccxt with retries: NetworkError (timeouts, 5xx, 429, 418) waits and tries again,
-    exponential backoff from `backoff_seconds`, at least the Retry-After the venue sent; anything
-    else (ExchangeError, BadSymbol) is raised at once. Counts requests."""
+    """`collect._with_retries` bound to one client: NetworkError (timeouts, 5xx, 429, 418) waits
+    and tries again, exponential backoff from `backoff_seconds`, at least the Retry-After the venue
+    sent; anything else (ExchangeError, BadSymbol) is raised at once. Counts requests."""
 
     def __init__(self, client, cfg: CollectConfig):
-        self.client, self.cfg, self.requests = client, cfg, 0
+        self.client, self.cfg, self._counter = client, cfg, [0]
+
+    @property
+    def requests(self) -> int:
+        return self._counter[0]
 
     def __call__(self, what: str, fn, *args, **kwargs):
-        import ccxt
-
-        delay = self.cfg.backoff_seconds
-        for attempt in range(1, self.cfg.max_attempts + 1):
-            self.requests += 1
-            try:
-                return fn(*args, **kwargs)
-            except ccxt.NetworkError as exc:
-                if attempt == self.cfg.max_attempts:
-                    raise
-                wait = delay
-                if isinstance(exc, ccxt.RateLimitExceeded | ccxt.DDoSProtection):
-                    wait = max(wait, _retry_after(self.client) or 0)
-                log.warning("%s %s failed (%s: %s); retry %d/%d in %.1f s", self.client.id, what,
-                            type(exc).__name__, str(exc)[:200], attempt, self.cfg.max_attempts - 1, wait)
-                time.sleep(wait)
-                delay *= 2
-        raise AssertionError("unreachable")
+        return _with_retries(lambda: fn(*args, **kwargs), f"{self.client.id} {what}", self.cfg, self._counter,
+                             client=self.client)
 
 
 def resolve_perpetual(client, symbol: str, names: tuple[str, ...], settle: str) -> tuple[str | None, str | None]:
@@ -273,15 +249,17 @@ class Series:
     gaps: list[tuple[int, str]]
 
 
-def _page_loop(fetch_page, start_ms: int, end_ms: int, step_ms: int, page: int, due, retries: int,
+def _page_loop(fetch_page, start_ms: int, end_ms: int, step_ms: int, page: int, retries: int,
                backoff: float, what: str) -> dict[int, dict]:
     """Rows by (snapped) time over [start, end): one bounded request per window of `page` steps; a
     full page that starts late (newest-first venues) is completed by asking for what lies before."""
     rows: dict[int, dict] = {}
     for since, until in _windows(start_ms, end_ms, step_ms, page):
         got = fetch_page(since, until, page)
+        # rows are due when a grid instant lies in the window (windows never leave [start, end))
+        due = -(-since // step_ms) * step_ms <= until
         for attempt in range(retries):
-            if got or not due(since, until + 1):
+            if got or not due:
                 break
             # ccxt turns a 200 with a broken body into []: where rows are due, ask again
             log.warning("%s %s..%s came back empty; asking again (%d/%d)", what, since, until, attempt + 1, retries)
@@ -304,13 +282,26 @@ def _explain(missing: list[int], now_ms: int, retention_days: int | None, exchan
             if horizon is not None and t < horizon else (t, "the exchange returned none") for t in missing]
 
 
-def fetch_funding(client, call: Caller, market: str, interval_hours: int, start_ms: int, end_ms: int, *,
-                  now_ms: int, listed_ms: int | None, page: int, retention_days: int | None,
-                  snap_tolerance_ms: int, empty_page_retries: int) -> Series:
-    """Every settlement in [start, end) that has happened by `now_ms`, checked against the grid."""
-    step = interval_hours * HOUR_MS
+def _history(fetch_page, *, step: int, start_ms: int, end_ms: int, now_ms: int, listed_ms: int | None, page: int,
+             retention_days: int | None, retries: int, backoff: float, what: str, exchange: str,
+             extra: dict) -> Series:
+    """Every instant of the `step` grid in [start, end), from the listing up to `now_ms`, paged by
+    `fetch_page(since, until, limit)`; each row gets `extra`, each missing instant a gap."""
     lo, hi = max(start_ms, listed_ms or 0), min(end_ms, now_ms + 1)
     expected = _grid(lo, hi, step) if lo < hi else []
+    rows = _page_loop(fetch_page, lo, hi, step, page, retries, backoff, what) if expected else {}
+    for row in rows.values():
+        row.update(extra)
+    missing = [t for t in expected if t not in rows]
+    return Series(sorted(rows.values(), key=lambda r: r["ts"]), len(expected),
+                  _explain(missing, now_ms, retention_days, exchange))
+
+
+def fetch_funding(client, call: Caller, market: str, interval_hours: int, start_ms: int, end_ms: int, *,
+                  now_ms: int, listed_ms: int | None, page: int, retention_days: int | None,
+                  snap_tolerance_ms: int) -> Series:
+    """Every settlement in [start, end) that has happened by `now_ms`, checked against the grid."""
+    step = interval_hours * HOUR_MS
 
     def fetch_page(since, until, limit):
         # okx takes its own exclusive bounds (ccxt maps since to `before`); the others take `until`
@@ -321,26 +312,16 @@ def fetch_funding(client, call: Caller, market: str, interval_hours: int, start_
                  "mark_price": _float((r.get("info") or {}).get("markPrice"))}
                 for r in raw if r.get("timestamp") is not None and r.get("fundingRate") is not None]
 
-    def due(a, b):
-        return any(a <= t < b for t in expected)
-
-    rows = _page_loop(fetch_page, lo, hi, step, page, due, empty_page_retries, call.cfg.backoff_seconds,
-                      f"{client.id} {market} funding") if expected else {}
-    for row in rows.values():
-        row.update(market=market, interval_hours=interval_hours)
-    missing = [t for t in expected if t not in rows]
-    return Series(sorted(rows.values(), key=lambda r: r["ts"]), len(expected),
-                  _explain(missing, now_ms, retention_days, client.id))
+    return _history(fetch_page, step=step, start_ms=start_ms, end_ms=end_ms, now_ms=now_ms, listed_ms=listed_ms,
+                    page=page, retention_days=retention_days, retries=call.cfg.empty_page_retries,
+                    backoff=call.cfg.backoff_seconds, what=f"{client.id} {market} funding", exchange=client.id,
+                    extra={"market": market, "interval_hours": interval_hours})
 
 
 def fetch_open_interest(client, call: Caller, market: str, period: str, start_ms: int, end_ms: int, *,
-                        now_ms: int, listed_ms: int | None, page: int, retention_days: int | None,
-                        empty_page_retries: int) -> Series:
+                        now_ms: int, listed_ms: int | None, page: int, retention_days: int | None) -> Series:
     """Open interest per `period` in [start, end), in base units on every venue (okx's contracts
     converted by its oiCcy column), checked against the period grid."""
-    step = PERIOD_MS[period]
-    lo, hi = max(start_ms, listed_ms or 0), min(end_ms, now_ms + 1)
-    expected = _grid(lo, hi, step) if lo < hi else []
 
     def fetch_page(since, until, limit):
         raw = call(f"fetch_open_interest_history {market} from {client.iso8601(since)}",
@@ -357,16 +338,11 @@ def fetch_open_interest(client, call: Caller, market: str, period: str, start_ms
                 out.append({"ts": int(r["timestamp"]), "open_interest": amount, "open_interest_value": value})
         return out
 
-    def due(a, b):
-        return any(a <= t < b for t in expected)
-
-    rows = _page_loop(fetch_page, lo, hi, step, page, due, empty_page_retries, call.cfg.backoff_seconds,
-                      f"{client.id} {market} open interest") if expected else {}
-    for row in rows.values():
-        row.update(market=market, period=period)
-    missing = [t for t in expected if t not in rows]
-    return Series(sorted(rows.values(), key=lambda r: r["ts"]), len(expected),
-                  _explain(missing, now_ms, retention_days, client.id))
+    return _history(fetch_page, step=PERIOD_MS[period], start_ms=start_ms, end_ms=end_ms, now_ms=now_ms,
+                    listed_ms=listed_ms, page=page, retention_days=retention_days,
+                    retries=call.cfg.empty_page_retries, backoff=call.cfg.backoff_seconds,
+                    what=f"{client.id} {market} open interest", exchange=client.id,
+                    extra={"market": market, "period": period})
 
 
 def _float(value) -> float | None:
@@ -413,8 +389,7 @@ def write_series(s3, bucket: str, dataset: str, exchange: str, symbol: str, seri
     unless the row has since arrived. Returns the keys written."""
     spec = TABLE_SPECS[dataset]
     fetched = _frame(series.rows, spec.schema)
-    gaps = pd.DataFrame(series.gaps, columns=["ts", "reason"])
-    gaps["ts"] = pd.to_datetime(gaps["ts"].astype("int64"), unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    gaps = _frame(series.gaps, GAPS_SCHEMA)
     lo, hi = pd.Timestamp(start_ms, unit="ms", tz="UTC"), pd.Timestamp(end_ms, unit="ms", tz="UTC")
     keys = []
     for month, m_lo, m_hi in _months(start_ms, end_ms):
@@ -522,11 +497,10 @@ def ingest_exchange(s3, bucket: str, exchange: str, start: datetime, end: dateti
         try:
             funding = fetch_funding(client, call, market, interval, start_ms, end_ms, now_ms=now_ms, listed_ms=listed,
                                     page=venue.funding_page, retention_days=venue.retention_days.get("funding"),
-                                    snap_tolerance_ms=cfg.snap_tolerance_ms, empty_page_retries=cfg.empty_page_retries)
+                                    snap_tolerance_ms=cfg.snap_tolerance_ms)
             oi = fetch_open_interest(client, call, market, cfg.open_interest_period, start_ms, end_ms, now_ms=now_ms,
                                      listed_ms=listed, page=venue.open_interest_page,
-                                     retention_days=venue.retention_days.get("open_interest"),
-                                     empty_page_retries=cfg.empty_page_retries)
+                                     retention_days=venue.retention_days.get("open_interest"))
         except ccxt.NetworkError as exc:
             rep.error = f"{type(exc).__name__}: {str(exc)[:300]}"
             failures.append(f"{symbol}: {rep.error}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import FUNDING, OPEN_INTEREST
+from candleflow_airflow.aws import s3_client
 
 
 @task
@@ -50,15 +51,13 @@ def plan_derivatives() -> list[dict]:
 
 @task(map_index_template="{{ exchange_label }}")
 def ingest_derivatives(request: dict) -> dict:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
     from candleflow import derivatives
     from candleflow.config import load_pipeline, parse_utc
 
     get_current_context()["exchange_label"] = request["exchange"]
     pipeline = load_pipeline()
     report = derivatives.ingest_exchange(
-        S3Hook(aws_conn_id=pipeline.lake.aws_conn_id).get_conn(), pipeline.lake.bucket, request["exchange"],
+        s3_client(pipeline.lake.aws_conn_id), pipeline.lake.bucket, request["exchange"],
         parse_utc(request["start"], "start"), parse_utc(request["end"], "end"), cfg=derivatives.load_config(),
         mode=pipeline.exchange_mode, emulator_url=pipeline.emulator_url, collect_cfg=pipeline.collect,
         symbols=request["symbols"])
