@@ -49,6 +49,20 @@ def config_section(file: str, name: str, known: Any, section: dict | None = None
     return section, where
 
 
+def number(section: dict, key: str, where: str, kind, low: float, high: float | None, default):
+    """`section[key]` (else `default`) as `kind`, in [low, high) (no upper bound when high is None);
+    a ConfigError names the key and the bound otherwise."""
+    value = section.get(key, default)
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} {value!r} is not a number; e.g. {key}: {default}") from None
+    if value < low or (high is not None and value >= high):
+        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise ConfigError(f"{where}: {key} {value!r} must be {bound}")
+    return value
+
+
 def load_yaml(name: str) -> dict[str, Any]:
     path = config_dir() / name
     if not path.exists():
@@ -169,6 +183,10 @@ class TrainingConfig:
     lookback_days: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     sagemaker: SageMakerConfig | None = None
+    dataset: str = "features"   # features: the lake's features table | candles: the raw candles
+
+
+TRAINING_DATASETS = ("features", "candles")
 
 
 def load_universe() -> Universe:
@@ -378,6 +396,9 @@ def load_training() -> TrainingConfig:
     backend = os.environ.get("CANDLEFLOW_TRAINING_BACKEND", data.get("backend", "local"))
     if backend not in ("local", "sagemaker"):
         raise ConfigError(f"{where}: backend {backend!r} is invalid; use 'local' or 'sagemaker'")
+    dataset = data.get("dataset", "features")
+    if dataset not in TRAINING_DATASETS:
+        raise ConfigError(f"{where}: dataset {dataset!r} is invalid; use {' or '.join(TRAINING_DATASETS)}")
     sm = data.get("sagemaker")
     sagemaker = None
     if sm:
@@ -393,4 +414,5 @@ def load_training() -> TrainingConfig:
         lookback_days=int(data.get("lookback_days", 60)),
         hyperparameters=dict(data.get("hyperparameters", {})),
         sagemaker=sagemaker,
+        dataset=dataset,
     )

@@ -158,17 +158,26 @@ def write_entries(s3, bucket: str, entries: list[LedgerEntry], prefix: str = COV
 
 
 def read_entries(s3, bucket: str, *, exchange: str | None = None, symbol: str | None = None,
-                 timeframe: str | None = None, prefix: str = COVERAGE_PREFIX) -> list[LedgerEntry]:
-    from candleflow.lake import list_objects, listing_prefix
+                 timeframe: str | None = None, prefix: str = COVERAGE_PREFIX, start: datetime | None = None,
+                 end: datetime | None = None) -> list[LedgerEntry]:
+    """The ledger entries matching the filters, in key order. With `start`/`end`, only the entries
+    of the UTC dates of [start, end) are read: pruned by the key's `date=` before any GET."""
+    from candleflow.lake import _in_flight, _time_bounds, list_objects, listing_prefix
 
     listing = listing_prefix(prefix, exchange=exchange, symbol=symbol, timeframe=timeframe)
-    entries = []
+    first, last = _time_bounds(start, end, "%Y-%m-%d")
+    keys = []
     for key in sorted(list_objects(s3, bucket, listing)):
         if not key.endswith(".json") or (timeframe and f"/timeframe={timeframe}/" not in key) \
                 or (symbol and f"/symbol={symbol}/" not in key):
             continue
-        entries.append(LedgerEntry.from_json(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())))
-    return entries
+        if first or last:
+            date = next((p[5:] for p in key.split("/") if p.startswith("date=")), None)
+            if date is None or (first and date < first) or (last and date > last):
+                continue
+        keys.append(key)
+    return _in_flight(lambda key: LedgerEntry.from_json(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())),
+                      keys)
 
 
 def day_complete(entries: list[LedgerEntry], date: str, tf_ms: int) -> bool:
@@ -198,7 +207,7 @@ def coverage_table(entries: list[LedgerEntry]):
     records = []
     for (exchange, symbol, timeframe, date), windows in by_day.items():
         record = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "date": date,
-                  **_day_counts(windows)}
+                  **day_counts(windows)}
         records.append(record)
     daily = pd.DataFrame(records)
     present_days = daily[daily["present"] > 0]
@@ -214,7 +223,7 @@ def coverage_table(entries: list[LedgerEntry]):
                   "coverage", *(f"gaps_{r}" for r in REASONS)]]
 
 
-def _day_counts(windows: list[LedgerEntry]) -> dict:
+def day_counts(windows: list[LedgerEntry]) -> dict:
     """expected/present/gaps of one day from its windows; where windows overlap, the later-named
     one (the newer fetch) decides each candle."""
     windows = sorted(windows, key=lambda e: (e.window_start, e.window_end))

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHAMPION = "champion"
-CHALLENGER = "challenger"
 TAG_BACKEND = "candleflow.backend"
 TAG_JOB_NAME = "candleflow.job_name"
 TAG_SYMBOL = "candleflow.symbol"
@@ -380,14 +379,6 @@ def champion_on(tracking_uri: str, name: str, when) -> ChampionRecord | None:
             held = ChampionRecord(name=name, version=row["version"], since=row["decided_at"], until=until,
                                   reason=row["reason"], run_id=row["run_id"])
     return held
-
-
-def load_champion(tracking_uri: str, symbol: str, timeframe: str):
-    """The `champion` version of the symbol's model as an MLflow pyfunc model."""
-    import mlflow
-
-    _client(tracking_uri)
-    return mlflow.pyfunc.load_model(f"models:/{model_name(symbol, timeframe)}@{CHAMPION}")
 
 
 def predict(tracking_uri: str, symbol: str, timeframe: str, data, alias: str = CHAMPION):

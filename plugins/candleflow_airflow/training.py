@@ -124,31 +124,30 @@ def prepare_dataset(request: dict) -> dict:
 
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from candleflow import lake
+    from candleflow import coverage, lake
     from candleflow.config import load_pipeline, load_training, parse_utc
     from candleflow.quality.settings import load_quality
-    from candleflow.training.dataset import dataset_source, write_features_channel, write_training_channel
-    from candleflow.training.lineage import partition_rows, quality_summary, read_ledger, validation_results
+    from candleflow.training.dataset import write_features_channel, write_training_channel
+    from candleflow.training.lineage import partition_rows, quality_summary, validation_results
     from candleflow.training.runner import TrainingJobSpec
 
     cfg = load_pipeline()
     training = load_training()
     s3 = _s3_client(cfg.lake.aws_conn_id)
-    source = dataset_source()
+    source = training.dataset
     start, end = parse_utc(request["start"], "start"), parse_utc(request["end"], "end")
     prefix = f"{cfg.lake.datasets_prefix}/symbol={request['symbol']}/timeframe={request['timeframe']}/job={request['job_name']}"
     inputs: list[str] = []
     if source == "features":
         from candleflow import features
 
-        rows, sources = features.load_training_frame(s3, cfg.lake.bucket, request["symbol"], request["timeframe"],
-                                                     start, end)
+        rows, sources, inputs = features.load_training_inputs(s3, cfg.lake.bucket, request["symbol"],
+                                                              request["timeframe"], start, end)
         if rows.empty:
             raise AirflowSkipException(f"no {request['symbol']} {request['timeframe']} rows in the lake's features "
                                        f"table between {request['start']} and {request['end']}: the features DAG "
                                        "builds them (train_models runs on its asset)")
         channel = write_features_channel(s3, cfg.lake.bucket, prefix, rows, sources)
-        inputs = sorted({src for key in sources for src in features.object_sources(s3, cfg.lake.bucket, key)})
         levels = ("symbol", "timeframe", "date")
     else:
         rows, sources = lake.read_with_sources(s3, cfg.lake.bucket, symbol=request["symbol"],
@@ -159,8 +158,9 @@ def prepare_dataset(request: dict) -> dict:
         channel = write_training_channel(s3, cfg.lake.bucket, prefix, rows, sources)
         levels = ("exchange", "symbol", "timeframe", "date")
     exchanges = sorted(rows["exchange"].unique().tolist())
-    ledger = read_ledger(s3, cfg.lake.bucket, symbol=request["symbol"], timeframe=request["timeframe"],
-                         exchanges=exchanges, start=request["start"], end=request["end"])
+    ledger = [entry for exchange in exchanges
+              for entry in coverage.read_entries(s3, cfg.lake.bucket, exchange=exchange, symbol=request["symbol"],
+                                                 timeframe=request["timeframe"], start=start, end=end)]
     quality = quality_summary(ledger, request["start"], request["end"])
     quality["validations"] = validation_results(s3, cfg.lake.bucket, symbol=request["symbol"],
                                                 timeframe=request["timeframe"], exchanges=exchanges,
@@ -254,7 +254,8 @@ def collect_sagemaker(submitted: dict, prepared_jobs: list[dict]) -> dict:
     description = submitted["Training"]
     spec = spec_from_description(description)
     prepared = next(p for p in prepared_jobs if p["spec"]["symbol"] == spec.symbol)
-    if load_training().sagemaker.run_locally_after_submit:
+    run_locally = load_training().sagemaker.run_locally_after_submit
+    if run_locally:
         # moto accepts the job and marks it Completed without running anything: execute exactly
         # the submitted spec so the artifact exists where SageMaker would have put it.
         with tempfile.TemporaryDirectory(prefix=f"{spec.job_name}-") as workdir:
@@ -263,7 +264,7 @@ def collect_sagemaker(submitted: dict, prepared_jobs: list[dict]) -> dict:
     else:
         model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
         billable = int(description.get("BillableTimeInSeconds") or 0)
-    trained = None if load_training().sagemaker.run_locally_after_submit else description.get("TrainingTimeInSeconds")
+    trained = None if run_locally else description.get("TrainingTimeInSeconds")
     log.info("SageMaker job %s: %s", spec.job_name, cost_line(spec, billable, training_seconds=trained))
     return {**prepared, "job_name": spec.job_name, "model_s3_uri": model_uri, "billable_seconds": billable,
             "backend": "sagemaker"}

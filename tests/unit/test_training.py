@@ -14,7 +14,7 @@ import pytest
 
 from candleflow.config import load_training
 from candleflow.training.dataset import load_channel, write_training_channel
-from candleflow.training.model import FEATURES, N_FEATURES, build_features
+from candleflow.training.model import FEATURES, N_FEATURES, build_samples
 from candleflow.training.runner import TrainingJobSpec, download_model, run_training_job, split_s3_uri
 from candleflow.training.sagemaker import (
     JOB_NAME_RE,
@@ -125,16 +125,20 @@ def test_channel_round_trips_candles_and_sources(s3_client, bucket, channel, tmp
     assert len(json.loads((tmp_path / "sources.json").read_text())) == 2
 
 
-def test_build_features_has_no_look_ahead():
+def _xy(samples):
+    return samples.X, samples.y
+
+
+def test_build_samples_has_no_look_ahead():
     candles = synthetic_candles(120)
-    X, y = build_features(candles, window=10)
+    X, y = _xy(build_samples(candles, window=10))
     assert X.shape[1:] == (10, N_FEATURES) and X.dtype == np.float32 and len(X) == len(y)
     cut = pd.Timestamp("2024-09-01", tz="UTC") + pd.Timedelta(hours=80)
     future = candles["ts"] >= cut
     changed = candles.copy()
     changed.loc[future, ["open", "high", "low", "close"]] *= 3.0
     changed.loc[future, "volume"] *= 0.1
-    X2, y2 = build_features(changed, window=10)
+    X2, y2 = _xy(build_samples(changed, window=10))
     # feature rows start at candle 1 (candle 0 has no previous close); window i ends at candle i+10,
     # its label is candle i+11. Every sample whose label candle is before the cut is unchanged.
     unchanged = 80 - 11
@@ -145,7 +149,7 @@ def test_build_features_has_no_look_ahead():
 
 def test_labels_are_the_next_candles_direction():
     candles = synthetic_candles(60, exchanges=("binance",))
-    X, y = build_features(candles, window=5)
+    X, y = _xy(build_samples(candles, window=5))
     closes = candles["close"].to_numpy()
     ups = (np.diff(np.log(closes)) > 0).astype(np.float32)  # ups[k]: candle k+1 went up
     # sample i covers feature rows i..i+4 (candles i+1..i+5); the label is candle i+6
@@ -285,7 +289,7 @@ def test_lineage_counts_rows_per_lake_partition_and_summarises_the_gap_ledger(s3
     from datetime import UTC, datetime
 
     from candleflow import coverage, lake
-    from candleflow.training.lineage import partition_rows, quality_summary, read_ledger
+    from candleflow.training.lineage import partition_rows, quality_summary
 
     start, end = datetime(2024, 9, 1, tzinfo=UTC), datetime(2024, 9, 3, tzinfo=UTC)
     frame = synthetic_candles(48)
@@ -316,8 +320,10 @@ def test_lineage_counts_rows_per_lake_partition_and_summarises_the_gap_ledger(s3
                                        window_end=datetime(2024, 9, 4, tzinfo=UTC), present_ms=[],
                                        market="BTC/USD", status="quarantined")]
     coverage.write_entries(s3_client, bucket, entries)
-    ledger = read_ledger(s3_client, bucket, symbol="BTC", timeframe="1h", exchanges=["binance", "kraken"],
-                         start=start.isoformat(), end=end.isoformat())
+    # pruned to the window's dates by key before any GET: kraken's 2024-09-03 entry is not read
+    ledger = [e for exchange in ("binance", "kraken")
+              for e in coverage.read_entries(s3_client, bucket, exchange=exchange, symbol="BTC", timeframe="1h",
+                                             start=start, end=end)]
     assert len(ledger) == 4
     summary = quality_summary(ledger, start.isoformat(), end.isoformat())
     assert summary["exchanges"]["binance"]["complete"] == 2
@@ -325,6 +331,52 @@ def test_lineage_counts_rows_per_lake_partition_and_summarises_the_gap_ledger(s3
     assert (kraken["complete"], kraken["quarantined"], kraken["quarantined_days"]) == (1, 1, ["2024-09-02"])
     assert kraken["missing_by_reason"] == {"quarantined": 24}
     assert summary["verdict"] == "4 exchange-days: 3 complete, 0 partial, 1 quarantined (not trained on)"
+
+
+def test_lineage_counts_each_candle_once_where_ledger_windows_overlap():
+    """The usual backfill-then-hourly pattern: a whole-day window, then two hourly windows inside it
+    (re-fetches of candles the backfill already recorded). The day has 24 candles, not 26."""
+    from datetime import UTC, datetime, timedelta
+
+    from candleflow import coverage
+    from candleflow.training.lineage import quality_summary
+
+    tf = 3_600_000
+    day = datetime(2024, 9, 1, tzinfo=UTC)
+    hours = [int((day + timedelta(hours=h)).timestamp() * 1000) for h in range(24)]
+    backfill = coverage.build_entries(exchange="binance", symbol="BTC", timeframe="1h", tf_ms=tf, window_start=day,
+                                      window_end=day + timedelta(days=1), present_ms=hours[:20], market="BTC/USDT",
+                                      status="complete")
+    hourly = [e for h in (20, 21) for e in coverage.build_entries(
+        exchange="binance", symbol="BTC", timeframe="1h", tf_ms=tf, window_start=day + timedelta(hours=h),
+        window_end=day + timedelta(hours=h + 1), present_ms=[hours[h]], market="BTC/USDT", status="complete")]
+    summary = quality_summary([*backfill, *hourly], day.isoformat(), (day + timedelta(days=1)).isoformat())
+    binance = summary["exchanges"]["binance"]
+    assert (binance["candles_expected"], binance["candles_present"]) == (24, 22)
+    # the hourly runs fetched hours 20 and 21 the backfill lacked; 22 and 23 are still missing
+    assert binance["missing_by_reason"] == {"exchange_returned_none": 2}
+    assert (binance["days"], binance["complete"]) == (1, 1)
+
+
+def test_training_dataset_defaults_to_features_and_a_bad_value_names_the_field(tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from candleflow.config import CONFIG_DIR_ENV, ConfigError, config_dir
+
+    shutil.copytree(config_dir(), tmp_path / "config")
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    path = tmp_path / "config" / "training.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.pop("dataset")
+    path.write_text(yaml.safe_dump(data))
+    assert load_training().dataset == "features"
+    path.write_text(yaml.safe_dump({**data, "dataset": "candles"}))
+    assert load_training().dataset == "candles"
+    path.write_text(yaml.safe_dump({**data, "dataset": "trades"}))
+    with pytest.raises(ConfigError, match="dataset 'trades' is invalid; use features or candles"):
+        load_training()
 
 
 def test_lineage_lists_the_gx_results_of_the_batches_trained_on(s3_client, bucket):

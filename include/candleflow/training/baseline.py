@@ -21,12 +21,7 @@ def fit(X: np.ndarray, y: np.ndarray, seed: int, C: float = 1.0) -> dict:
 
     flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
     y = np.asarray(y).astype(int)
-    finite = np.isfinite(flat)
-    count = finite.sum(axis=0)
-    mean = np.divide(np.where(finite, flat, 0.0).sum(axis=0), count, out=np.zeros(flat.shape[1]), where=count > 0)
-    scale = np.sqrt(np.divide((np.where(finite, flat - mean, 0.0) ** 2).sum(axis=0), count,
-                              out=np.zeros(flat.shape[1]), where=count > 0))
-    scale[~(scale > 1e-12)] = 1.0
+    mean, scale = nan_mean_std(flat, floor=1e-12)
     classes = np.unique(y)
     if len(classes) < 2:
         # one class only: the honest model is the constant it saw
@@ -36,6 +31,19 @@ def fit(X: np.ndarray, y: np.ndarray, seed: int, C: float = 1.0) -> dict:
     clf.fit(_standardise(flat, mean, scale), y)
     return {"kind": "logistic_regression", "C": C, "n_inputs": int(flat.shape[1]), "mean": mean.tolist(),
             "scale": scale.tolist(), "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0])}
+
+
+def nan_mean_std(flat: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) deviation of a 2-D float64 array, NaN/inf ignored; a
+    column with no finite value gets 0, one whose deviation is not above `floor` gets scale 1.
+    The LSTM's standardisation (candleflow.training.model) uses it too, with its own floor."""
+    finite = np.isfinite(flat)
+    count = finite.sum(axis=0)
+    mean = np.divide(np.where(finite, flat, 0.0).sum(axis=0), count, out=np.zeros(flat.shape[1]), where=count > 0)
+    scale = np.sqrt(np.divide((np.where(finite, flat - mean, 0.0) ** 2).sum(axis=0), count,
+                              out=np.zeros(flat.shape[1]), where=count > 0))
+    scale[~(scale > floor)] = 1.0
+    return mean, scale
 
 
 def _standardise(flat: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

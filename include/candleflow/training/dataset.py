@@ -15,7 +15,6 @@ import pandas as pd
 
 CANDLES_FILE = "candles.parquet"
 FEATURES_FILE = "features.parquet"   # rows of the lake's features table (candleflow.features)
-DATASETS = ("features", "candles")
 SOURCES_FILE = "sources.json"
 COLUMNS = ["ts", "exchange", "symbol", "timeframe", "open", "high", "low", "close", "volume"]
 NUMERIC = ["open", "high", "low", "close", "volume"]
@@ -39,25 +38,22 @@ def write_training_channel(s3, bucket: str, prefix: str, candles: pd.DataFrame, 
     """Write `candles` and their lake `sources` as the channel `s3://bucket/{prefix}/train/`; return it."""
     if candles.empty:
         raise ValueError("no candles to write into a training channel")
-    base = f"{prefix.strip('/')}/train"
-    buf = io.BytesIO()
-    _normalise(candles).to_parquet(buf, index=False, engine="pyarrow")
-    s3.put_object(Bucket=bucket, Key=f"{base}/{CANDLES_FILE}", Body=buf.getvalue(),
-                  ContentType="application/vnd.apache.parquet")
-    s3.put_object(Bucket=bucket, Key=f"{base}/{SOURCES_FILE}", Body=json.dumps(list(sources), indent=1).encode(),
-                  ContentType="application/json")
-    return f"s3://{bucket}/{base}/"
+    return _write_channel(s3, bucket, prefix, CANDLES_FILE, _normalise(candles), sources)
 
 
 def write_features_channel(s3, bucket: str, prefix: str, frame: pd.DataFrame, sources: list[str]) -> str:
     """Write rows of the features table (features.load_training_frame) as the channel; return it."""
     if frame.empty:
         raise ValueError("no feature rows to write into a training channel")
+    return _write_channel(s3, bucket, prefix, FEATURES_FILE,
+                          frame.sort_values(["exchange", "ts"], kind="stable").reset_index(drop=True), sources)
+
+
+def _write_channel(s3, bucket: str, prefix: str, file: str, rows: pd.DataFrame, sources: list[str]) -> str:
     base = f"{prefix.strip('/')}/train"
     buf = io.BytesIO()
-    frame.sort_values(["exchange", "ts"], kind="stable").reset_index(drop=True).to_parquet(buf, index=False,
-                                                                                           engine="pyarrow")
-    s3.put_object(Bucket=bucket, Key=f"{base}/{FEATURES_FILE}", Body=buf.getvalue(),
+    rows.to_parquet(buf, index=False, engine="pyarrow")
+    s3.put_object(Bucket=bucket, Key=f"{base}/{file}", Body=buf.getvalue(),
                   ContentType="application/vnd.apache.parquet")
     s3.put_object(Bucket=bucket, Key=f"{base}/{SOURCES_FILE}", Body=json.dumps(list(sources), indent=1).encode(),
                   ContentType="application/json")
@@ -83,17 +79,6 @@ def load_dataset(directory: str | Path) -> tuple[str, pd.DataFrame]:
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("ms")
         return "features", frame
     return "candles", load_channel(directory)
-
-
-def dataset_source() -> str:
-    """`dataset:` of include/config/training.yaml: what train_models trains on."""
-    from candleflow.config import ConfigError, config_dir, load_yaml
-
-    value = load_yaml("training.yaml").get("dataset", "candles")
-    if value not in DATASETS:
-        raise ConfigError(f"{config_dir() / 'training.yaml'}: dataset {value!r} is invalid; use "
-                          f"{' or '.join(DATASETS)}")
-    return value
 
 
 def load_sources(directory: str | Path) -> list[str]:

@@ -26,13 +26,7 @@ import torch
 from torch import nn
 
 from candleflow.training.dataset import load_dataset
-from candleflow.training.model import (
-    FEATURES,
-    PriceLSTM,
-    build_feature_samples,
-    build_samples,
-    standardisation,
-)
+from candleflow.training.model import FEATURES, PriceLSTM, samples_for, standardisation
 
 DEFAULTS: dict[str, int | float | str] = {
     "epochs": 5,
@@ -131,12 +125,6 @@ def _validate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn, devic
     return float(loss_fn(logits, y)), float(((logits > 0).float() == y).float().mean())
 
 
-def _iso(ms: int) -> str:
-    import pandas as pd
-
-    return pd.Timestamp(int(ms), unit="ms", tz="UTC").isoformat()
-
-
 def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dict, log=print) -> dict:
     from candleflow.training import baseline, evaluation
     from candleflow.training.lineage import code_version
@@ -152,10 +140,9 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
         from candleflow.features import FEATURE_COLUMNS
 
         feature_names = list(FEATURE_COLUMNS)
-        samples = build_feature_samples(rows, hps["window"], timeframes[0], feature_names)
     else:
         feature_names = list(FEATURES)
-        samples = build_samples(rows, hps["window"])
+    samples = samples_for(rows, hps["window"], feature_names)
     try:
         parts = evaluation.split(len(samples), hps["holdout_fraction"], hps["validation_fraction"],
                                  min_eval=int(hps["min_eval_samples"]))
@@ -233,11 +220,9 @@ def train(channel_dir: Path, model_dir: Path, checkpoint_dir: Path, raw_hps: dic
         "config": eval_cfg.to_dict(),
         "timeframe": timeframes[0],
         # the last label any fitted part of this model saw: a later comparison must start after it
-        "seen_until": _iso(val_s.label_ts.max()),
-        "train_window": {"start": _iso(train_s.label_ts.min()), "end": _iso(train_s.label_ts.max()),
-                         "samples": len(train_s)},
-        "validation_window": {"start": _iso(val_s.label_ts.min()), "end": _iso(val_s.label_ts.max()),
-                              "samples": len(val_s)},
+        "seen_until": evaluation.window_of(val_s.label_ts)["end"],
+        "train_window": evaluation.window_of(train_s.label_ts),
+        "validation_window": evaluation.window_of(val_s.label_ts),
         "strategies": strategies,
     }
     predictions = {"label_ts": eval_s.label_ts.tolist(), "ret": eval_s.ret.tolist(),

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from candleflow.config import TIMEFRAME_MS, ConfigError, config_section
+from candleflow.config import TIMEFRAME_MS, ConfigError, config_section, number
 
 STRATEGIES = ("model", "baseline", "buy_and_hold", "always_long")
 METRICS = ("directional_accuracy", "total_return", "sharpe", "max_drawdown", "trades", "exposure")
@@ -52,27 +52,15 @@ class EvaluationConfig:
         return asdict(self)
 
 
-def _number(section: dict, key: str, where: str, kind, low: float, high: float | None, default):
-    value = section.get(key, default)
-    try:
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} {value!r} is not a number; e.g. {key}: {default}") from None
-    if value < low or (high is not None and value >= high):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ConfigError(f"{where}: {key} {value!r} must be {bound}")
-    return value
-
-
 def evaluation_config(section: dict | None = None, where: str | None = None) -> EvaluationConfig:
     """The `evaluation:` section of include/config/training.yaml (or the given mapping)."""
     section, where = config_section("training.yaml", "evaluation", EvaluationConfig, section, where)
     d = EvaluationConfig()
     cfg = EvaluationConfig(
-        holdout_fraction=_number(section, "holdout_fraction", where, float, 0.0, 1.0, d.holdout_fraction),
-        fee_bps=_number(section, "fee_bps", where, float, 0.0, None, d.fee_bps),
-        threshold=_number(section, "threshold", where, float, 0.0, 1.0, d.threshold),
-        min_samples=_number(section, "min_samples", where, int, 2, None, d.min_samples),
+        holdout_fraction=number(section, "holdout_fraction", where, float, 0.0, 1.0, d.holdout_fraction),
+        fee_bps=number(section, "fee_bps", where, float, 0.0, None, d.fee_bps),
+        threshold=number(section, "threshold", where, float, 0.0, 1.0, d.threshold),
+        min_samples=number(section, "min_samples", where, int, 2, None, d.min_samples),
     )
     if cfg.holdout_fraction <= 0:
         raise ConfigError(f"{where}: holdout_fraction must be > 0 (the evaluation window cannot be empty)")
@@ -156,9 +144,9 @@ def evaluate(probabilities: dict[str, np.ndarray], log_returns: np.ndarray, cfg:
         pred_up = prob > cfg.threshold
         out[name] = {"directional_accuracy": float(np.mean(pred_up == up)),
                      **trade(pred_up.astype(np.float64), r, cfg.fee, periods)}
-    long = np.ones_like(r)
-    out["buy_and_hold"] = {"directional_accuracy": None, **trade(long, r, cfg.fee, periods)}
-    out["always_long"] = {"directional_accuracy": float(np.mean(up)), **trade(long, r, cfg.fee, periods)}
+    held = trade(np.ones_like(r), r, cfg.fee, periods)  # both hold long throughout: one trade record
+    out["buy_and_hold"] = {"directional_accuracy": None, **held}
+    out["always_long"] = {"directional_accuracy": float(np.mean(up)), **held}
     return out
 
 

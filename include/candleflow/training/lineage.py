@@ -45,31 +45,37 @@ def partition_rows(rows: pd.DataFrame, sources: list[str],
     return out
 
 
-def _days(start: str, end: str) -> tuple[str, str]:
-    """First and last UTC date of the half-open window [start, end)."""
-    lo = pd.Timestamp(start).tz_convert("UTC")
-    hi = pd.Timestamp(end).tz_convert("UTC") - pd.Timedelta(milliseconds=1)
-    return lo.strftime("%Y-%m-%d"), hi.strftime("%Y-%m-%d")
-
-
 def quality_summary(entries, start: str, end: str) -> dict:
-    """Ledger entries (candleflow.coverage.LedgerEntry) of the days in [start, end) by exchange."""
-    first, last = _days(start, end)
-    per_exchange: dict[str, dict] = {}
+    """Ledger entries (candleflow.coverage.LedgerEntry) of the days in [start, end) by exchange.
+
+    A day's counts come from `coverage.day_counts`: where its windows overlap (a whole-day backfill,
+    then hourly runs) each candle is counted once, the later-named window deciding it."""
+    from candleflow.config import parse_utc
+    from candleflow.coverage import REASONS, day_counts
+    from candleflow.lake import _time_bounds
+
+    first, last = _time_bounds(parse_utc(start, "start"), parse_utc(end, "end"), "%Y-%m-%d")
+    by_day: dict[tuple[str, str], list] = defaultdict(list)
     for entry in entries:
-        if not first <= entry.date <= last:
-            continue
-        ex = per_exchange.setdefault(entry.exchange, {"days": {}, "expected": 0, "present": 0,
-                                                      "missing_by_reason": defaultdict(int)})
-        # a day's worst verdict wins: quarantined > partial > complete
-        rank = {"complete": 0, "not_listed": 0, "partial": 1, "quarantined": 2}
-        old = ex["days"].get(entry.date)
-        if old is None or rank.get(entry.status, 1) > rank.get(old, 1):
-            ex["days"][entry.date] = entry.status
-        ex["expected"] += entry.expected
-        ex["present"] += entry.present
-        for gap in entry.gaps:
-            ex["missing_by_reason"][gap.reason] += gap.count
+        if first <= entry.date <= last:
+            by_day[(entry.exchange, entry.date)].append(entry)
+    # a day's worst verdict wins: quarantined > partial > complete
+    rank = {"complete": 0, "not_listed": 0, "partial": 1, "quarantined": 2}
+    per_exchange: dict[str, dict] = {}
+    for (exchange, date), windows in sorted(by_day.items()):
+        ex = per_exchange.setdefault(exchange, {"days": {}, "expected": 0, "present": 0,
+                                                "missing_by_reason": defaultdict(int)})
+        status = None
+        for window in windows:
+            if status is None or rank.get(window.status, 1) > rank.get(status, 1):
+                status = window.status
+        ex["days"][date] = status
+        counts = day_counts(windows)
+        ex["expected"] += counts["expected"]
+        ex["present"] += counts["present"]
+        for reason in REASONS:
+            if counts[f"gaps_{reason}"]:
+                ex["missing_by_reason"][reason] += counts[f"gaps_{reason}"]
     summary = {}
     for exchange, ex in sorted(per_exchange.items()):
         statuses = list(ex["days"].values())
@@ -118,32 +124,6 @@ def code_version() -> str:
         return f"candleflow=={version('candleflow')}"
     except PackageNotFoundError:
         return "unknown"
-
-
-def read_ledger(s3, bucket: str, *, symbol: str, timeframe: str, exchanges, start: str, end: str,
-                prefix: str = "coverage") -> list:
-    """The gap-ledger entries of `symbol` on `exchanges` for the dates of [start, end), listed per
-    exchange and pruned by the date in the key before any object is read."""
-    import json
-    from concurrent.futures import ThreadPoolExecutor
-
-    from candleflow.coverage import LedgerEntry
-    from candleflow.lake import list_objects, listing_prefix
-
-    first, last = _days(start, end)
-    keys = []
-    for exchange in sorted(set(exchanges)):
-        listing = listing_prefix(prefix, exchange=exchange, symbol=symbol, timeframe=timeframe)
-        for key in sorted(list_objects(s3, bucket, listing)):
-            date = next((p[5:] for p in key.split("/") if p.startswith("date=")), None)
-            if key.endswith(".json") and date and first <= date <= last:
-                keys.append(key)
-
-    def get(key: str):
-        return LedgerEntry.from_json(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-
-    with ThreadPoolExecutor(max_workers=8) as pool:  # S3 GETs are latency-bound
-        return list(pool.map(get, keys))
 
 
 def validation_results(s3, bucket: str, *, symbol: str, timeframe: str, exchanges, start: str, end: str,

@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from candleflow.training.baseline import nan_mean_std
+
 FEATURES = ("ret", "range", "dvol")
 N_FEATURES = len(FEATURES)
 
@@ -93,24 +95,10 @@ def prediction_windows(candles: pd.DataFrame, window: int) -> tuple[np.ndarray, 
     return values[idx], pd.DatetimeIndex(frame.index).as_unit("ms").asi8[window - 1:]
 
 
-def build_features(candles: pd.DataFrame, window: int = 24) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y): X float32 [n, window, N_FEATURES], y float32 [n] (1.0 = next return > 0)."""
-    samples = build_samples(candles, window)
-    return samples.X, samples.y
-
-
 def standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and deviation of training windows (NaN ignored; a column with no value or
     no spread gets 0 and 1), applied inside the model so serving needs nothing else."""
-    flat = np.asarray(X, dtype=np.float64).reshape(-1, X.shape[-1])
-    finite = np.isfinite(flat)
-    count = finite.sum(axis=0)
-    safe = np.where(finite, flat, 0.0)
-    mean = np.divide(safe.sum(axis=0), count, out=np.zeros(flat.shape[1]), where=count > 0)
-    var = np.divide((np.where(finite, flat - mean, 0.0) ** 2).sum(axis=0), count, out=np.zeros(flat.shape[1]),
-                    where=count > 0)
-    scale = np.sqrt(var)
-    scale[~(scale > 1e-8)] = 1.0
+    mean, scale = nan_mean_std(np.asarray(X, dtype=np.float64).reshape(-1, X.shape[-1]), floor=1e-8)
     return mean.astype(np.float32), scale.astype(np.float32)
 
 

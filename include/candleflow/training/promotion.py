@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from candleflow.config import ConfigError, config_section
+from candleflow.config import ConfigError, config_section, number
 from candleflow.training.evaluation import EvaluationConfig, evaluate, window_of
 
 CHAMPION = "champion"
@@ -52,16 +52,8 @@ def promotion_policy(section: dict | None = None, where: str | None = None) -> P
     bad = [b for b in must_beat if b not in BASELINES]
     if bad:
         raise ConfigError(f"{where}: must_beat lists {', '.join(map(str, bad))}; choose from {', '.join(BASELINES)}")
-    try:
-        margin = float(section.get("margin", d.margin))
-        min_samples = int(section.get("min_samples", d.min_samples))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: margin and min_samples must be numbers, e.g. margin: 0.1, min_samples: 24") \
-            from None
-    if margin < 0:
-        raise ConfigError(f"{where}: margin {margin} must be >= 0")
-    if min_samples < 2:
-        raise ConfigError(f"{where}: min_samples {min_samples} must be >= 2")
+    margin = number(section, "margin", where, float, 0, None, d.margin)
+    min_samples = number(section, "min_samples", where, int, 2, None, d.min_samples)
     first = section.get("first_version_champion", d.first_version_champion)
     if not isinstance(first, bool):
         raise ConfigError(f"{where}: first_version_champion must be true or false, got {first!r}")

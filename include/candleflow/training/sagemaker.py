@@ -137,7 +137,6 @@ def spec_from_description(desc: dict) -> TrainingJobSpec:
 
 
 REATTACH_STATES = ("InProgress", "Stopping")
-FAILED_STATES = ("Failed", "Stopped")
 
 
 def attempt_name(base: str, attempt: int) -> str:
