@@ -51,3 +51,11 @@ def failure_text(alert: FailureAlert) -> str:
 
 def failure_payload(alert: FailureAlert) -> dict:
     return {"text": failure_text(alert), "candleflow": {"event": "task_failed", **asdict(alert)}}
+
+
+def ban_payload(exchange: str, seconds: float, status: int, url: str) -> dict:
+    """The alert for an exchange ban (sent by candleflow.ratelimit): `text` plus structured fields."""
+    text = (f":octagonal_sign: candleflow: {exchange} banned this IP (HTTP {status}) for {seconds:.0f} s; "
+            f"every collector of {exchange} stops until it ends, then resumes. Request: {url}")
+    return {"text": text, "candleflow": {"event": "exchange_banned", "exchange": exchange, "status": status,
+                                         "seconds": seconds, "url": url}}

@@ -319,6 +319,8 @@ class Budget:
     steer_at: float = 0.9
     ban_seconds: float = 600.0
     pool_slots: int = 2                         # Airflow pool candleflow_<exchange>: ingest tasks at once
+    ban_statuses: tuple[int, ...] = (418,)      # HTTP statuses that mean "this IP is banned"
+    refusal_markers: tuple[str, ...] = ()       # body texts of a rate-limit refusal sent with HTTP 200
 
 
 def load_budgets() -> tuple[dict[str, Budget], str | None, float]:
@@ -358,18 +360,31 @@ def load_budgets() -> tuple[dict[str, Budget], str | None, float]:
             exchange=ex_id, unit=str(ex["unit"]), source=str(ex["source"]), buckets=tuple(buckets),
             margin=_fraction(ex.get("margin", margin), f"{at}.margin"), steer_at=steer_at,
             ban_seconds=_positive(ex.get("ban_seconds", 600), f"{at}.ban_seconds"),
-            pool_slots=_slots(ex.get("pool_slots", data.get("pool_slots", 2)), f"{at}.pool_slots"))
+            pool_slots=_slots(ex.get("pool_slots", data.get("pool_slots", 2)), f"{at}.pool_slots"),
+            ban_statuses=tuple(_status(v, f"{at}.ban_statuses") for v in ex.get("ban_statuses", [418])),
+            refusal_markers=tuple(str(m) for m in ex.get("refusal_markers", [])))
     state_dir = os.environ.get("CANDLEFLOW_LIMITER_STATE_DIR", data.get("state_dir"))
     return budgets, state_dir, ccxt_guard
+
+
+def pool_name(exchange: str) -> str:
+    """The Airflow pool every ingest task of `exchange` runs in."""
+    return f"candleflow_{exchange}"
 
 
 def exchange_pools() -> dict[str, dict]:
     """The Airflow pools the ingest tasks run in, one per exchange: {name: {"slots", "description"}}
     (created at startup: `airflow pools set <name> <slots> "<description>"`)."""
     budgets, _, _ = load_budgets()
-    return {f"candleflow_{ex}": {"slots": b.pool_slots,
+    return {pool_name(ex): {"slots": b.pool_slots,
                                  "description": f"ingest tasks against {ex} at once (include/config/budgets.yaml)"}
             for ex, b in budgets.items()}
+
+
+def _status(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise ConfigError(f"{where}: {value!r} is invalid; use HTTP error statuses such as 418 or 403")
+    return value
 
 
 def _slots(value: Any, where: str) -> int:

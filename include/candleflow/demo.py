@@ -107,19 +107,12 @@ class AirflowClient:
         raise TimeoutError(f"no {dag_id} run started after {after.isoformat()} within {timeout:.0f} s")
 
 
-def _lake_summary(stack: LocalStack, bucket: str, prefix: str) -> tuple[int, int]:
+def _lake_summary(s3, bucket: str, prefix: str) -> tuple[int, int]:
     """(parquet objects, bytes) under a table's prefix."""
-    import boto3
+    from candleflow.lake import list_objects
 
-    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    count = size = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".parquet"):
-                count += 1
-                size += obj["Size"]
-    return count, size
+    sizes = [size for key, (size, _) in list_objects(s3, bucket, prefix).items() if key.endswith(".parquet")]
+    return len(sizes), sum(sizes)
 
 
 def _registered_models(tracking_uri: str) -> list[str]:
@@ -188,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     if train["state"] != "success":
         print(f"  failed tasks: {', '.join(client.failed_tasks('train_models', train['dag_run_id']))}")
 
-    objects, size = _lake_summary(stack, cfg.lake.bucket, "ohlcv/")
-    tables = {name: _lake_summary(stack, cfg.lake.bucket, f"{name}/")[0]
+    s3 = stack.s3_client()
+    objects, size = _lake_summary(s3, cfg.lake.bucket, "ohlcv/")
+    tables = {name: _lake_summary(s3, cfg.lake.bucket, f"{name}/")[0]
               for name in ("funding", "open_interest", "features", "quality")}
     models = _registered_models(stack.mlflow_url)
     print(f"""

@@ -102,7 +102,7 @@ def _keep_unserved(s3, lake_cfg: LakeConfig, exchange: str, symbol: str, timefra
     """The fetched candles plus those the lake already holds from before the exchange's horizon."""
     import pandas as pd
 
-    held = lake.read(s3, lake_cfg.bucket, lake_cfg.ohlcv_prefix, exchange=exchange, symbol=symbol,
+    held = lake.read(s3, lake_cfg.bucket, lake.ohlcv_spec(lake_cfg.ohlcv_prefix), exchange=exchange, symbol=symbol,
                      timeframe=timeframe, start=lo, end=datetime.fromtimestamp(served_from_ms / 1000, UTC))
     if held.empty:
         return fetched
@@ -173,25 +173,29 @@ def ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[st
                     start: datetime, end: datetime, quotes: list[str], page_size: int, mode: str,
                     emulator_url: str | None, collect_cfg: CollectConfig, force: bool = False,
                     chunk: timedelta | None = None, names: dict[str, list[str]] | None = None,
-                    limiter=None) -> ExchangeReport:
-    """Synchronous entry point (Airflow tasks): runs `ingest_exchange_async` in its own event loop."""
-    return asyncio.run(ingest_exchange_async(
+                    limiter=None, alert=None) -> ExchangeReport:
+    """One exchange's symbols over [start, end): `collect.pairs_in_flight` symbols at once on one
+    async ccxt client (one throttle, one limiter), each symbol's chunks in order. The blocking
+    stages (GX, S3) run in worker threads so the event loop keeps fetching meanwhile. Synchronous
+    (Airflow tasks): it runs its own event loop.
+
+    `limiter`: a `candleflow.ratelimit.Limiter`; by default one is built from the config
+    (`collect.budget`, include/config/budgets.yaml) unless ccxt's throttle is switched off, and
+    `alert` (a callable taking a payload) is where it reports a ban."""
+    if limiter is None and collect_cfg.enable_rate_limit:
+        from candleflow import ratelimit
+
+        limiter = ratelimit.limiter_for(exchange, collect_cfg, alert=alert, mode=mode)
+    return asyncio.run(_ingest_exchange(
         s3, lake_cfg, exchange=exchange, symbols=symbols, timeframe=timeframe, start=start, end=end, quotes=quotes,
         page_size=page_size, mode=mode, emulator_url=emulator_url, collect_cfg=collect_cfg, force=force, chunk=chunk,
         names=names, limiter=limiter))
 
 
-async def ingest_exchange_async(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[str], timeframe: str,
-                                start: datetime, end: datetime, quotes: list[str], page_size: int, mode: str,
-                                emulator_url: str | None, collect_cfg: CollectConfig, force: bool = False,
-                                chunk: timedelta | None = None, names: dict[str, list[str]] | None = None,
-                                client=None, limiter=None) -> ExchangeReport:
-    """One exchange's symbols over [start, end): `collect.pairs_in_flight` symbols at once on one
-    async ccxt client (one throttle, one limiter), each symbol's chunks in order. The blocking
-    stages (GX, S3) run in worker threads so the event loop keeps fetching meanwhile.
-
-    `limiter`: a `candleflow.ratelimit.Limiter`; by default one is built from the config
-    (`collect.budget`, include/config/budgets.yaml) unless ccxt's throttle is switched off."""
+async def _ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: list[str], timeframe: str,
+                           start: datetime, end: datetime, quotes: list[str], page_size: int, mode: str,
+                           emulator_url: str | None, collect_cfg: CollectConfig, force: bool,
+                           chunk: timedelta | None, names: dict[str, list[str]] | None, limiter) -> ExchangeReport:
     from candleflow.collect import make_exchange
 
     archive_base_url = None
@@ -199,15 +203,9 @@ async def ingest_exchange_async(s3, lake_cfg: LakeConfig, *, exchange: str, symb
         from candleflow.archive import LIVE_BASE_URL
 
         archive_base_url = f"{emulator_url.rstrip('/')}/binance-archive" if mode == "emulator" else LIVE_BASE_URL
-    own_client = client is None
-    if own_client:
-        if limiter is None and collect_cfg.enable_rate_limit:
-            from candleflow import ratelimit
-
-            limiter = ratelimit.limiter_for(exchange, collect_cfg, mode=mode)
-        client = make_exchange(exchange, mode=mode, emulator_url=emulator_url,
-                               enable_rate_limit=collect_cfg.enable_rate_limit and collect_cfg.budget == "ccxt",
-                               timeout_ms=collect_cfg.timeout_ms, asynchronous=True, limiter=limiter)
+    client = make_exchange(exchange, mode=mode, emulator_url=emulator_url,
+                           enable_rate_limit=collect_cfg.enable_rate_limit and collect_cfg.budget == "ccxt",
+                           timeout_ms=collect_cfg.timeout_ms, asynchronous=True, limiter=limiter)
     if chunk:  # scheduled runs: their interval and the overlap intervals before it, each on its own
         chunks = [(start + chunk * i, min(end, start + chunk * (i + 1)))
                   for i in range(math.ceil((end - start) / chunk))]
@@ -225,8 +223,7 @@ async def ingest_exchange_async(s3, lake_cfg: LakeConfig, *, exchange: str, symb
     try:
         outcomes = await asyncio.gather(*(one(symbol) for symbol in symbols))
     finally:
-        if own_client:
-            await client.close()
+        await client.close()
     report = ExchangeReport(exchange, timeframe, start.isoformat(), end.isoformat(),
                             chunks=[c for per_symbol in outcomes for c in per_symbol])
     log.info(report.summary())
@@ -261,8 +258,10 @@ class _SymbolJob:
         tf_ms, chunks, progress = TIMEFRAME_MS[timeframe], self.chunks, self.progress
         outcomes: list[ChunkOutcome] = []
         # Scheduled runs (`chunk` given) always fetch: their point is to catch late candles.
-        ledger = [] if self.force or self.chunk else await asyncio.to_thread(
-            coverage.read_entries, s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        # only the ledger entries of the chunks' dates: a pair's ledger holds its whole history
+        ledger = [] if self.force or self.chunk or not chunks else await asyncio.to_thread(
+            coverage.read_entries, s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe,
+            start=chunks[0][0], end=chunks[-1][1])
         listed_ms = None if self.chunk else await _listed_from(
             s3, bucket, self.client, exchange, symbol, timeframe, self.quotes, self.names.get(symbol), self.page_size,
             self.collect_cfg)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+from candleflow.alerts import ban_payload
 from candleflow.config import Budget, BudgetBucket, CollectConfig, ConfigError, load_budgets
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,6 @@ MIN_FACTOR = 0.1
 
 def default_state_dir() -> Path:
     return Path(tempfile.gettempdir()) / "candleflow-limiter"
-
-
-def ban_payload(exchange: str, seconds: float, status: int, url: str) -> dict:
-    """The alert for a ban: Slack-compatible `text` plus structured fields (as `candleflow.alerts`)."""
-    text = (f":octagonal_sign: candleflow: {exchange} banned this IP (HTTP {status}) for {seconds:.0f} s; "
-            f"every collector of {exchange} stops until it ends, then resumes. Request: {url}")
-    return {"text": text, "candleflow": {"event": "exchange_banned", "exchange": exchange, "status": status,
-                                         "seconds": seconds, "url": url}}
 
 
 @dataclass
@@ -251,11 +244,12 @@ class Limiter:
         headers = {str(k).lower(): v for k, v in (headers or {}).items()}
         now = time.time()
         retry_after = _seconds(headers.get("retry-after"))
-        text = body if isinstance(body, str) else ""
-        if status == 418 or (status == 403 and self.exchange == "bybit"):
+        if status in self.budget.ban_statuses:
             self._banned(now, retry_after or self.budget.ban_seconds, status, url)
             return
-        if status == 429 or '"retCode":10006' in text.replace(" ", "") or "EAPI:Rate limit exceeded" in text:
+        # only exchanges that refuse with HTTP 200 have markers: other bodies are not scanned
+        refused = isinstance(body, str) and any(marker in body for marker in self.budget.refusal_markers)
+        if status == 429 or refused:
             self._refused(now, retry_after, url, _seconds(headers.get("x-bapi-limit-reset-timestamp")))
             return
         hold = self._steer(headers, now)

@@ -256,11 +256,15 @@ class LocalStack:
                 time.sleep(0.2)
         return True
 
-    def ensure_buckets(self) -> None:
+    def s3_client(self):
+        """A boto3 client of the S3 stand-in."""
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=AWS_REGION,
-                          aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_KEY)
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=AWS_REGION,
+                            aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_KEY)
+
+    def ensure_buckets(self) -> None:
+        s3 = self.s3_client()
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
         for bucket in (self.lake_bucket, MLFLOW_BUCKET):
             if bucket not in existing:

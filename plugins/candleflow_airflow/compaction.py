@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from airflow.sdk import get_current_context, task
 
+from candleflow_airflow.aws import s3_client
+
 
 @task
 def plan_compaction() -> list[dict]:
@@ -30,14 +32,12 @@ def plan_compaction() -> list[dict]:
 
 @task(map_index_template="{{ exchange_label }}")
 def compact(request: dict) -> dict:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
     from candleflow import compaction, lake
     from candleflow.config import load_pipeline
 
     cfg = load_pipeline()
     get_current_context()["exchange_label"] = request["exchange"]
-    s3 = S3Hook(aws_conn_id=cfg.lake.aws_conn_id).get_conn()
+    s3 = s3_client(cfg.lake.aws_conn_id)
     spec = lake.ohlcv_spec(cfg.lake.ohlcv_prefix)
     totals = {"exchange": request["exchange"], "dates": request["dates"], "partitions": 0, "compacted": 0,
               "objects_merged": 0, "parts_kept": 0, "rows": 0}

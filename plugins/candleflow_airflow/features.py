@@ -14,12 +14,7 @@ from __future__ import annotations
 from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import FEATURES
-
-
-def _s3_client(conn_id: str):
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=conn_id).get_conn()
+from candleflow_airflow.aws import s3_client
 
 
 def _window_from_events(ctx, timeframe: str):
@@ -85,7 +80,7 @@ def plan_features() -> list[dict]:
     frame = features.fetch_fear_greed(url, cfg.fear_greed_timeout_seconds)
     # run-scoped scratch space between tasks (lake.staging_prefix in pipeline.yaml)
     key = f"{pipeline.lake.staging_prefix}/features/{re.sub(r'[^A-Za-z0-9._-]+', '_', ctx['run_id'])}/fear_greed.json"
-    features.stage_fear_greed(_s3_client(pipeline.lake.aws_conn_id), pipeline.lake.bucket, key, frame,
+    features.stage_fear_greed(s3_client(pipeline.lake.aws_conn_id), pipeline.lake.bucket, key, frame,
                               source="fear_greed:" + url.split("?")[0])
     return [{"symbol": s, "timeframe": timeframe, "start": start.isoformat(), "end": end.isoformat(),
              "fear_greed_key": key} for s in symbols]
@@ -97,7 +92,7 @@ def build_features(request: dict) -> dict:
     from candleflow.config import load_pipeline, load_universe, parse_utc
 
     pipeline = load_pipeline()
-    s3 = _s3_client(pipeline.lake.aws_conn_id)
+    s3 = s3_client(pipeline.lake.aws_conn_id)
     fear_greed, source = features.read_staged_fear_greed(s3, pipeline.lake.bucket, request["fear_greed_key"])
     days = features.build_features(
         s3, pipeline.lake.bucket, request["symbol"], request["timeframe"],
@@ -119,7 +114,7 @@ def announce_features(results, requests, outlet_events=None) -> dict:
 
     pipeline = load_pipeline()
     for key in sorted({r["fear_greed_key"] for r in (requests or []) if r}):
-        _s3_client(pipeline.lake.aws_conn_id).delete_object(Bucket=pipeline.lake.bucket, Key=key)
+        s3_client(pipeline.lake.aws_conn_id).delete_object(Bucket=pipeline.lake.bucket, Key=key)
     done = [r for r in (results or []) if r and r["objects"]]
     if not done:
         raise AirflowSkipException("no features partition was written in this run")

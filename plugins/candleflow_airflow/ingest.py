@@ -30,19 +30,9 @@ from __future__ import annotations
 
 from airflow.sdk import TriggerRule, get_current_context, task
 
-from candleflow.config import EXCHANGES
+from candleflow.config import EXCHANGES, pool_name
 from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
-
-
-def exchange_pool(exchange: str) -> str:
-    """The Airflow pool every ingest task of `exchange` runs in (candleflow.config.exchange_pools)."""
-    return f"candleflow_{exchange}"
-
-
-def _s3_client(conn_id: str):
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=conn_id).get_conn()
+from candleflow_airflow.aws import s3_client
 
 
 def _requests(pairs: list[dict], *, force: bool = False, chunk_seconds: int | None = None,
@@ -96,18 +86,11 @@ def plan_from_params() -> list[dict]:
 
 
 def _ban_alert(conn_id: str):
-    """Deliver a limiter's ban alert to the failure webhook (the payload of candleflow.ratelimit.ban_payload)."""
+    """Deliver a limiter's ban alert (candleflow.alerts.ban_payload) to the failure webhook."""
     def send(payload: dict) -> None:
-        import logging
+        from candleflow_airflow.notifiers import post_webhook
 
-        from airflow.providers.http.hooks.http import HttpHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
-        try:
-            HttpHook(method="POST", http_conn_id=conn_id).run(endpoint=None, json=payload,
-                                                                extra_options={"timeout": 10})
-        except AirflowNotFoundException:
-            logging.getLogger("candleflow.ratelimit").warning("No connection %r: ban alert not sent", conn_id)
+        post_webhook(conn_id, payload, what="ban alert")
 
     return send
 
@@ -120,7 +103,6 @@ def ingest(requests: list[dict], exchange: str) -> dict:
 
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from candleflow import ratelimit
     from candleflow.config import load_pipeline, load_universe, parse_budget, parse_utc
     from candleflow.ingest import ingest_exchange
 
@@ -131,18 +113,14 @@ def ingest(requests: list[dict], exchange: str) -> dict:
     collect_cfg = cfg.collect
     if request.get("budget"):
         collect_cfg = replace(collect_cfg, budget=parse_budget(request["budget"], "budget"))
-    limiter = None
-    if collect_cfg.enable_rate_limit:
-        limiter = ratelimit.limiter_for(exchange, collect_cfg, alert=_ban_alert(cfg.alerts_conn_id),
-                                        mode=cfg.exchange_mode)
     page_size = request.get("page_size") or load_universe().exchanges[exchange].page_size
     chunk = timedelta(seconds=request["chunk_seconds"]) if request.get("chunk_seconds") else None
     report = ingest_exchange(
-        _s3_client(cfg.lake.aws_conn_id), cfg.lake, exchange=exchange, symbols=request["symbols"],
+        s3_client(cfg.lake.aws_conn_id), cfg.lake, exchange=exchange, symbols=request["symbols"],
         timeframe=request["timeframe"], start=parse_utc(request["start"], "start"), end=parse_utc(request["end"], "end"),
         quotes=request["quotes"], page_size=page_size, mode=cfg.exchange_mode, emulator_url=cfg.emulator_url,
         collect_cfg=collect_cfg, force=request.get("force", False), chunk=chunk, names=request.get("names"),
-        limiter=limiter,
+        alert=_ban_alert(cfg.alerts_conn_id),
     )
     failed = report.by_status("failed")
     if failed:
@@ -188,7 +166,7 @@ def quality_checks(reports) -> dict:
 
     cfg, qcfg = load_pipeline(), load_quality()
     ctx = get_current_context()
-    s3 = _s3_client(cfg.lake.aws_conn_id)
+    s3 = s3_client(cfg.lake.aws_conn_id)
     scheduled = getattr(ctx["dag"], "schedule", None) is not None  # ohlcv_backfill's windows are history
     out, errors = {}, []
     for timeframe in sorted({r["timeframe"] for r in (reports or []) if r}):
@@ -246,7 +224,7 @@ def coverage_report(reports) -> dict:
     from candleflow.config import load_pipeline
 
     cfg = load_pipeline()
-    s3 = _s3_client(cfg.lake.aws_conn_id)
+    s3 = s3_client(cfg.lake.aws_conn_id)
     timeframes = sorted({r["timeframe"] for r in (reports or []) if r})
     published = {}
     for timeframe in timeframes:
@@ -266,7 +244,7 @@ def fail_if_any_exchange_failed() -> None:
 def ohlcv_ingest_graph(requests, timeframes: tuple[str, ...]) -> None:
     """Wire ingest and verdict per exchange (each ingest in its exchange's pool), announce (one per
     timeframe the DAG may collect), coverage and the watcher after a plan task."""
-    reports = [ingest.override(task_id=f"ingest_{exchange}", pool=exchange_pool(exchange))(requests, exchange=exchange)
+    reports = [ingest.override(task_id=f"ingest_{exchange}", pool=pool_name(exchange))(requests, exchange=exchange)
                for exchange in EXCHANGES]
     verdicts = [verdict.override(task_id=f"verdict_{exchange}")(report)
                 for exchange, report in zip(EXCHANGES, reports, strict=True)]

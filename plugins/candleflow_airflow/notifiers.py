@@ -20,20 +20,28 @@ class WebhookNotifier(BaseNotifier):
         self.timeout = timeout
 
     def notify(self, context) -> None:
-        from airflow.providers.http.hooks.http import HttpHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
         from candleflow.alerts import failure_payload
 
-        alert = alert_from_context(context)
-        try:
-            hook = HttpHook(method="POST", http_conn_id=self.http_conn_id)
-            hook.run(endpoint=None, json=failure_payload(alert), extra_options={"timeout": self.timeout})
-        except AirflowNotFoundException:
-            self.log.warning("No connection %r: failure alert not sent (define it to get alerts)",
-                             self.http_conn_id)
-        except Exception as exc:  # an alert channel outage must not mask the task's own failure
-            self.log.error("Failure alert to %r could not be delivered: %s", self.http_conn_id, exc)
+        post_webhook(self.http_conn_id, failure_payload(alert_from_context(context)), self.timeout,
+                     what="failure alert")
+
+
+def post_webhook(conn_id: str, payload: dict, timeout: float = 10.0, *, what: str = "alert") -> None:
+    """POST a payload to the webhook of an Airflow HTTP connection. A missing connection or an
+    unreachable channel is logged, never raised: an alert must not mask what it reports."""
+    import logging
+
+    from airflow.providers.http.hooks.http import HttpHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    log = logging.getLogger("candleflow.alerts")
+    try:
+        HttpHook(method="POST", http_conn_id=conn_id).run(endpoint=None, json=payload,
+                                                           extra_options={"timeout": timeout})
+    except AirflowNotFoundException:
+        log.warning("No connection %r: %s not sent (define it to get alerts)", conn_id, what)
+    except Exception as exc:  # an alert channel outage must not mask the task's own failure
+        log.error("%s to %r could not be delivered: %s", what.capitalize(), conn_id, exc)
 
 
 def alert_from_context(context):

@@ -20,17 +20,17 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
-TIMEFRAMES = ("1h", "15m", "5m", "1m")
+from candleflow import config
+from candleflow_airflow.aws import s3_client
+
+# the menu lists the hourly pages first
+TIMEFRAMES = tuple(reversed(config.TIMEFRAMES))
 app = FastAPI(title="candleflow", description="Coverage heatmaps and quality Data Docs of the candleflow lake")
 
 
 def _lake_client():
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    from candleflow.config import load_pipeline
-
-    cfg = load_pipeline()
-    return S3Hook(aws_conn_id=cfg.lake.aws_conn_id).get_conn(), cfg.lake.bucket
+    cfg = config.load_pipeline()
+    return s3_client(cfg.lake.aws_conn_id), cfg.lake.bucket
 
 
 @app.get("/coverage/{timeframe}", response_class=HTMLResponse)

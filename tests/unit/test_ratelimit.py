@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,31 @@ def test_bybit_remaining_header_steers_until_its_reset(tmp_path):
     limiter.observe(url, 200, {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "20",
                                "X-Bapi-Limit-Reset-Timestamp": str(int(reset_ms))}, "{}")
     assert limiter.snapshot()["hold_until"] == pytest.approx(reset_ms / 1000, abs=0.01)
+
+
+@pytest.mark.parametrize(("exchange", "url", "body"), [
+    ("bybit", "https://api.bybit.com/v5/market/kline?symbol=BTCUSDT",
+     '{"retCode":10006,"retMsg":"Too many visits!","result":{}}'),
+    ("bybit", "https://api.bybit.com/v5/market/kline?symbol=BTCUSDT",
+     '{"retCode": 10006, "retMsg": "Too many visits!", "result": {}}'),
+    ("kraken", "https://api.kraken.com/0/public/OHLC?pair=XBTUSD", '{"error":["EAPI:Rate limit exceeded"]}'),
+])
+def test_a_refusal_sent_with_http_200_is_recognised_from_the_budgets_markers(tmp_path, exchange, url, body):
+    limiter = ratelimit.Limiter(_budget(exchange), tmp_path, path_prefix="")
+    limiter.observe(url, 200, {}, body)
+    assert limiter.stats.rate_limited == 1
+    assert limiter.snapshot()["hold_until"] > time.time()
+
+
+def test_only_the_budgets_ban_statuses_ban_and_markers_apply_to_their_exchange_only(tmp_path):
+    # a 403 is bybit's ban, not binance's; bybit's refusal text in a binance body is just data
+    binance = ratelimit.Limiter(_budget("binance"), tmp_path / "binance", path_prefix="")
+    binance.observe("https://api.binance.com/api/v3/klines", 403, {}, "forbidden")
+    binance.observe("https://api.binance.com/api/v3/klines", 200, {}, '{"retCode":10006}')
+    assert binance.stats.rate_limited == 0 and binance.snapshot().get("bans", 0) == 0
+    bybit = ratelimit.Limiter(replace(_budget("bybit"), ban_seconds=0.01), tmp_path / "bybit", path_prefix="")
+    bybit.observe("https://api.bybit.com/v5/market/kline", 403, {}, "access too frequent")
+    assert bybit.snapshot()["bans"] == 1
 
 
 def test_kraken_meters_each_pair_on_its_own_counter(tmp_path):
