@@ -136,3 +136,41 @@ def own_lake_bucket(pipeline_env, s3_client, monkeypatch):
     s3_client.create_bucket(Bucket=name)
     monkeypatch.setenv("CANDLEFLOW_LAKE_BUCKET", name)
     return name
+
+
+def _synthetic_candles(n: int, *, start: str = "2024-09-01", seed: int = 0, exchanges=("binance", "okx"),
+                       symbol: str = "BTC", sigma: float = 0.01, wick: float = 0.001):
+    """`n` hourly candles per exchange of one random walk (log-return deviation `sigma`), each
+    exchange's close a little off it, open = previous close, high/low `wick` beyond the body."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(start, periods=n, freq="1h", tz="UTC").as_unit("ms")
+    base = 100 * np.exp(np.cumsum(rng.normal(0, sigma, n)))
+    frames = []
+    for ex in exchanges:
+        close = base * (1 + rng.normal(0, 0.0005, n))
+        open_ = np.r_[close[0], close[:-1]]
+        frames.append(pd.DataFrame({"ts": ts, "exchange": ex, "symbol": symbol, "timeframe": "1h", "open": open_,
+                                    "high": np.maximum(open_, close) * (1 + wick),
+                                    "low": np.minimum(open_, close) * (1 - wick),
+                                    "close": close, "volume": rng.uniform(10, 100, n)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_candles():
+    """The candle generator shared by the training tests (a function: call it with n and options)."""
+    return _synthetic_candles
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """An in-process exchange emulator for one module, replaying from 2024-10-30T00:30Z with its
+    rate limits off (tests about completeness and faults; pace is bench/backfill.py's). A module
+    that needs other settings (limits on, another clock) defines its own `emulator`."""
+    from candleflow.emulator import EmulatorServer
+
+    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
+        yield server

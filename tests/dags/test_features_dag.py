@@ -4,7 +4,6 @@ day, identical bytes on a re-run, and one `candleflow_features` asset event nami
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -33,14 +32,11 @@ def _seed(s3, bucket: str, symbol: str, seed: int) -> None:
 
 
 @pytest.fixture
-def lake_bucket(pipeline_env, s3_client, monkeypatch):
-    """A bucket of this test's own (the session's shared lake stays as the e2e scenario expects)."""
-    name = f"features-{uuid.uuid4().hex[:8]}"
-    s3_client.create_bucket(Bucket=name)
-    monkeypatch.setenv("CANDLEFLOW_LAKE_BUCKET", name)
-    _seed(s3_client, name, "BTC", 1)
-    _seed(s3_client, name, "ETH", 2)
-    return name
+def lake_bucket(own_lake_bucket, s3_client):
+    """This test's own lake (conftest), seeded with two symbols' candles."""
+    _seed(s3_client, own_lake_bucket, "BTC", 1)
+    _seed(s3_client, own_lake_bucket, "ETH", 2)
+    return own_lake_bucket
 
 
 def _dag():

@@ -14,7 +14,6 @@ import pytest
 
 from candleflow import coverage, lake
 from candleflow.config import CollectConfig, LakeConfig
-from candleflow.emulator import EmulatorServer
 from candleflow.ingest import ingest_exchange
 
 pytestmark = pytest.mark.reliability
@@ -24,12 +23,6 @@ START, END = datetime(2024, 10, 25, tzinfo=UTC), datetime(2024, 10, 28, tzinfo=U
 DUE = 72
 CFG = CollectConfig(max_attempts=4, backoff_seconds=0.05, timeout_ms=2000, enable_rate_limit=False,
                     empty_page_retries=2, chunk_days=31)
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -23,21 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 8
 HPS = {"epochs": EPOCHS, "window": 24, "hidden_size": 24, "learning_rate": 0.003, "batch_size": 32, "seed": 11,
        "validation_fraction": 0.2, "holdout_fraction": 0.2, "fee_bps": 10, "device": "cpu"}
-
-
-def candles(days: int = 40) -> pd.DataFrame:
-    rng = np.random.default_rng(4)
-    n = days * 24
-    ts = pd.date_range("2024-09-01", periods=n, freq="1h", tz="UTC").as_unit("ms")
-    base = 100 * np.exp(np.cumsum(rng.normal(0, 0.008, n)))
-    frames = []
-    for ex in ("binance", "coinbase", "okx"):
-        close = base * (1 + rng.normal(0, 0.0005, n))
-        open_ = np.r_[close[0], close[:-1]]
-        frames.append(pd.DataFrame({"ts": ts, "exchange": ex, "symbol": "ETH", "timeframe": "1h", "open": open_,
-                                    "high": np.maximum(open_, close) * 1.002, "low": np.minimum(open_, close) * 0.998,
-                                    "close": close, "volume": rng.uniform(10, 100, n)}))
-    return pd.concat(frames, ignore_index=True)
 
 
 def start_job(tmp: Path, name: str, checkpoints: Path) -> tuple[subprocess.Popen, Path]:
@@ -59,9 +42,11 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def test_killed_job_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
+def test_killed_job_resumes_from_its_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, synthetic_candles):
     (tmp_path / "channel").mkdir()
-    candles().to_parquet(tmp_path / "channel" / "candles.parquet")
+    candles = synthetic_candles(40 * 24, seed=4, exchanges=("binance", "coinbase", "okx"), symbol="ETH", sigma=0.008,
+                                wick=0.002)
+    candles.to_parquet(tmp_path / "channel" / "candles.parquet")
 
     reference, ref_dir = start_job(tmp_path, "reference", tmp_path / "ckpt-reference")
     finish(reference)

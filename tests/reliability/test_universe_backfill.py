@@ -13,20 +13,12 @@ import pytest
 
 from candleflow import coverage, lake
 from candleflow.config import TIMEFRAMES, CollectConfig, LakeConfig, load_universe
-from candleflow.emulator import EmulatorServer
 from candleflow.ingest import ingest_exchange
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 START, END = datetime(2024, 10, 27, tzinfo=UTC), datetime(2024, 10, 29, tzinfo=UTC)
 CFG = CollectConfig(backoff_seconds=0.05, enable_rate_limit=False, chunk_days=31)
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    # limits off: this test is about completeness at scale, bench/backfill.py about pace
-    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
-        yield server
 
 
 def backfill(emulator, s3, bucket, *, force=False, timeframes=TIMEFRAMES):

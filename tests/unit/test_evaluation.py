@@ -20,20 +20,6 @@ HPS = {"epochs": 1, "window": 6, "hidden_size": 4, "learning_rate": 0.01, "batch
        "validation_fraction": 0.25, "holdout_fraction": 0.2, "fee_bps": 10, "min_eval_samples": 10}
 
 
-def candles(n: int = 240, seed: int = 0, exchanges=("binance", "okx")) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    ts = pd.date_range("2024-09-01", periods=n, freq="1h", tz="UTC").as_unit("ms")
-    base = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
-    frames = []
-    for ex in exchanges:
-        close = base * (1 + rng.normal(0, 0.0005, n))
-        open_ = np.r_[close[0], close[:-1]]
-        frames.append(pd.DataFrame({"ts": ts, "exchange": ex, "symbol": "BTC", "timeframe": "1h", "open": open_,
-                                    "high": np.maximum(open_, close) * 1.001, "low": np.minimum(open_, close) * 0.999,
-                                    "close": close, "volume": rng.uniform(10, 100, n)}))
-    return pd.concat(frames, ignore_index=True)
-
-
 # ---- trading arithmetic --------------------------------------------------------------------------
 def test_trade_charges_fees_on_every_position_change_and_the_final_exit():
     r = np.log([1.10, 0.95, 1.02, 1.01])          # simple returns +10%, -5%, +2%, +1%
@@ -96,8 +82,8 @@ def test_bad_inputs_and_config_name_the_field():
 
 
 # ---- the split: no leakage ------------------------------------------------------------------------
-def test_split_is_chronological_and_every_training_label_precedes_every_evaluation_label():
-    samples = build_samples(candles(300), window=12)
+def test_split_is_chronological_and_every_training_label_precedes_every_evaluation_label(synthetic_candles):
+    samples = build_samples(synthetic_candles(300), window=12)
     parts = split(len(samples), holdout_fraction=0.2, validation_fraction=0.25)
     assert parts.train.stop == parts.validation.start and parts.validation.stop == parts.evaluation.start
     assert parts.evaluation.stop == len(samples)
@@ -116,9 +102,9 @@ def test_split_refuses_too_few_samples():
         split(5, holdout_fraction=0.2, validation_fraction=0.2, min_eval=3)
 
 
-def test_evaluation_window_results_do_not_depend_on_data_after_it_or_on_it_for_training(tmp_path):
+def test_evaluation_window_results_do_not_depend_on_data_after_it_or_on_it_for_training(tmp_path, synthetic_candles):
     """Changing the evaluation window's candles changes neither the trained LSTM nor the baseline."""
-    base = candles(240)
+    base = synthetic_candles(240)
     (tmp_path / "a").mkdir()
     base.to_parquet(tmp_path / "a" / "candles.parquet")
     first = train(tmp_path / "a", tmp_path / "ma", tmp_path / "ca", HPS, log=lambda _: None)
@@ -142,9 +128,9 @@ def test_evaluation_window_results_do_not_depend_on_data_after_it_or_on_it_for_t
     assert first["eval_buy_and_hold_total_return"] != second["eval_buy_and_hold_total_return"]
 
 
-def test_entry_point_writes_the_evaluation_of_model_baseline_and_benchmarks(tmp_path):
+def test_entry_point_writes_the_evaluation_of_model_baseline_and_benchmarks(tmp_path, synthetic_candles):
     (tmp_path / "ch").mkdir()
-    candles(240).to_parquet(tmp_path / "ch" / "candles.parquet")
+    synthetic_candles(240).to_parquet(tmp_path / "ch" / "candles.parquet")
     metrics = train(tmp_path / "ch", tmp_path / "m", tmp_path / "ck", HPS, log=lambda _: None)
     report = json.loads((tmp_path / "m" / "evaluation.json").read_text())
     preds = json.loads((tmp_path / "m" / "evaluation_predictions.json").read_text())
@@ -190,19 +176,19 @@ def test_baseline_with_one_class_predicts_that_class_and_checks_the_input_size()
 
 
 # ---- the features table as the dataset ------------------------------------------------------------
-def features_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
+def features_frame(synthetic_candles, n: int = 400, seed: int = 0) -> pd.DataFrame:
     """What features.load_training_frame returns, computed by candleflow.features itself."""
     from candleflow import features
 
-    rows = features.compute_features(candles(n, seed=seed).drop(columns=["symbol", "timeframe"]), timeframe="1h",
+    rows = features.compute_features(synthetic_candles(n, seed=seed).drop(columns=["symbol", "timeframe"]), timeframe="1h",
                                      cfg=features.load_config())
     return rows.assign(symbol="BTC", timeframe="1h")
 
 
-def test_feature_samples_average_exchanges_and_label_the_next_candle():
+def test_feature_samples_average_exchanges_and_label_the_next_candle(synthetic_candles):
     from candleflow.features import FEATURE_COLUMNS
 
-    rows = features_frame(120)
+    rows = features_frame(synthetic_candles, 120)
     s = build_feature_samples(rows, window=5, timeframe="1h")
     per_ts = rows.groupby("ts").mean(numeric_only=True)
     assert s.X.shape[1:] == (5, len(FEATURE_COLUMNS))
@@ -215,15 +201,15 @@ def test_feature_samples_average_exchanges_and_label_the_next_candle():
     # the last candle has no next one: no sample ends there
     assert s.decision_ts[-1] < pd.DatetimeIndex(per_ts.index).as_unit("ms").asi8[-1]
     with pytest.raises(ValueError, match="trained on the features table; these are candles"):
-        samples_for(candles(50), 5, FEATURE_COLUMNS)
+        samples_for(synthetic_candles(50), 5, FEATURE_COLUMNS)
     with pytest.raises(ValueError, match="trained on candle features"):
         samples_for(rows, 5, ["ret", "range", "dvol"])
 
 
-def test_training_on_the_features_table_keeps_the_evaluation_window_out(tmp_path):
+def test_training_on_the_features_table_keeps_the_evaluation_window_out(tmp_path, synthetic_candles):
     from candleflow.features import FEATURE_COLUMNS
 
-    rows = features_frame(400)
+    rows = features_frame(synthetic_candles, 400)
     (tmp_path / "a").mkdir()
     rows.to_parquet(tmp_path / "a" / "features.parquet")
     first = train(tmp_path / "a", tmp_path / "ma", tmp_path / "ca", HPS, log=lambda _: None)
@@ -246,11 +232,11 @@ def test_training_on_the_features_table_keeps_the_evaluation_window_out(tmp_path
     assert first["eval_buy_and_hold_total_return"] != second["eval_buy_and_hold_total_return"]
 
 
-def test_prediction_windows_from_the_features_table_end_at_the_last_candle():
+def test_prediction_windows_from_the_features_table_end_at_the_last_candle(synthetic_candles):
     from candleflow.features import FEATURE_COLUMNS
     from candleflow.training.model import windows_for
 
-    rows = features_frame(80)
+    rows = features_frame(synthetic_candles, 80)
     X, decision_ts = windows_for(rows, 6, FEATURE_COLUMNS)
     per_ts = rows.groupby("ts").mean(numeric_only=True)
     assert len(X) == len(per_ts) - 6 + 1

@@ -15,12 +15,6 @@ FAST = CollectConfig(max_attempts=4, backoff_seconds=0.05, enable_rate_limit=Fal
 START, END = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 27, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def emulator():
-    with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def no_faults(emulator):
     emulator.faults.set([])

@@ -112,20 +112,6 @@ def test_max_drawdown_promotes_the_lower_one():
 
 
 # ---- recorded in MLflow ------------------------------------------------------------------------
-def synthetic_candles(n: int, start: str = "2024-09-01", seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    ts = pd.date_range(start, periods=n, freq="1h", tz="UTC").as_unit("ms")
-    base = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
-    frames = []
-    for ex in ("binance", "kraken"):
-        close = base * (1 + rng.normal(0, 0.0005, n))
-        open_ = np.r_[close[0], close[:-1]]
-        frames.append(pd.DataFrame({"ts": ts, "exchange": ex, "symbol": "BTC", "timeframe": "1h", "open": open_,
-                                    "high": np.maximum(open_, close) * 1.001, "low": np.minimum(open_, close) * 0.999,
-                                    "close": close, "volume": rng.uniform(10, 100, n)}))
-    return pd.concat(frames, ignore_index=True)
-
-
 HPS = {"epochs": 1, "window": 6, "hidden_size": 4, "learning_rate": 0.01, "batch_size": 32,
        "validation_fraction": 0.25, "holdout_fraction": 0.25, "fee_bps": 10, "min_eval_samples": 10}
 
@@ -148,10 +134,10 @@ def trained_dir(tmp_path, tag: str, candles: pd.DataFrame, seed: int, model_prob
 
 
 @pytest.fixture(scope="module")
-def history(mlflow_server, tmp_path_factory):
+def history(mlflow_server, tmp_path_factory, synthetic_candles):
     tmp = tmp_path_factory.mktemp("promotion")
     symbol = f"P{uuid.uuid4().hex[:6]}".upper()
-    candles = synthetic_candles(200)
+    candles = synthetic_candles(200, exchanges=("binance", "kraken"))
     policy = PromotionPolicy(metric="sharpe", margin=0.1, min_samples=10)
     day = datetime(2024, 11, 1, tzinfo=UTC)
     versions = {}
@@ -233,14 +219,15 @@ def test_run_records_lineage_code_version_and_a_signature(history, mlflow_server
     assert set(evaluation["strategies"]) == {"model", "baseline", "buy_and_hold", "always_long"}
 
 
-def test_champion_loads_by_alias_and_predicts_on_fresh_lake_data(history, mlflow_server, s3_client, bucket):
+def test_champion_loads_by_alias_and_predicts_on_fresh_lake_data(history, mlflow_server, s3_client, bucket,
+                                                                  synthetic_candles):
     """Candles that arrive after training land in the lake; the champion scores them."""
     import torch
 
     from candleflow.training.model import PriceLSTM, prediction_windows
 
     symbol, versions, _, _ = history
-    fresh = synthetic_candles(48, start="2024-10-01", seed=9)
+    fresh = synthetic_candles(48, start="2024-10-01", seed=9, exchanges=("binance", "kraken"))
     start, end = datetime(2024, 10, 1, tzinfo=UTC), datetime(2024, 10, 3, tzinfo=UTC)
     for exchange, part in fresh.groupby("exchange"):
         lake.write_batch(s3_client, bucket, part, exchange=exchange, symbol=symbol, timeframe="1h",
