@@ -12,6 +12,7 @@ jitter, so cross-exchange checks have something realistic to compare.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,25 +35,43 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
+@functools.lru_cache(maxsize=4096)
 def _key(*parts: object) -> np.uint64:
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return np.uint64(int.from_bytes(digest, "little"))
+
+
+_S11, _S27, _S30, _S31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser, vectorised: uint64 in, well-mixed uint64 out (wraps by design)."""
     with np.errstate(over="ignore"):
         x = x + _GOLD
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+        x ^= x >> _S30
+        x *= _M1
+        x ^= x >> _S27
+        x *= _M2
+        x ^= x >> _S31
+        return x
 
 
 def _uniform(key: np.uint64, index: np.ndarray) -> np.ndarray:
     """Deterministic uniforms in [0, 1) for integer indices under a key."""
-    with np.errstate(over="ignore"):
-        bits = _mix(index.astype(np.int64).view(np.uint64) ^ key)
-    return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    bits = _mix(index.astype(np.int64).view(np.uint64) ^ key)
+    return (bits >> _S11).astype(np.float64) / float(1 << 53)
+
+
+def _knots(key: np.uint64, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The value-noise levels in [-1, 1) at knots k and k + 1. A page of candles spans only a
+    few knots of each octave: each distinct knot is drawn once (the same numbers, elementwise)."""
+    if k.size:
+        lo, hi = int(k.min()), int(k.max())
+        if hi - lo < k.size:
+            level = _uniform(key, np.arange(lo, hi + 2, dtype=np.int64)) * 2 - 1
+            i = k - lo
+            return level[i], level[i + 1]
+    return _uniform(key, k) * 2 - 1, _uniform(key, k + 1) * 2 - 1
 
 
 @dataclass(frozen=True)
@@ -174,8 +193,7 @@ class CandleSource:
             key = _key(self.config.seed, symbol, scale)
             k = np.floor_divide(t, scale)
             frac = (t - k * scale) / scale
-            a = _uniform(key, k) * 2 - 1
-            b = _uniform(key, k + 1) * 2 - 1
+            a, b = _knots(key, k)
             w = (1 - np.cos(np.pi * frac)) / 2
             amp = spec.vol * np.sqrt(scale / DAY_MS)
             out += amp * (a * (1 - w) + b * w)
@@ -189,8 +207,13 @@ class CandleSource:
 
     def _generate(self, symbol: str, ts: np.ndarray, tf_ms: int) -> np.ndarray:
         spec = self.config.symbols[symbol]
-        opens = np.exp(self._log_price(symbol, ts))
-        closes = np.exp(self._log_price(symbol, ts + tf_ms))
+        if len(ts) and (np.diff(ts) == tf_ms).all():
+            # consecutive candles: each close is the next open, one evaluation of the path for both
+            edges = np.exp(self._log_price(symbol, np.append(ts, ts[-1] + tf_ms)))
+            opens, closes = edges[:-1], edges[1:]
+        else:
+            opens = np.exp(self._log_price(symbol, ts))
+            closes = np.exp(self._log_price(symbol, ts + tf_ms))
         wick_scale = spec.vol * np.sqrt(tf_ms / DAY_MS) * 0.6
         idx = ts // tf_ms
         up = _uniform(_key(self.config.seed, symbol, tf_ms, "up"), idx) * wick_scale

@@ -60,6 +60,7 @@ from candleflow.emulator.feargreed import PATH as FEAR_GREED_PATH
 from candleflow.emulator.feargreed import FearGreedIndex
 from candleflow.emulator.limits import RateLimits
 from candleflow.emulator.market_data import CandleSource, EmulatorConfig, load_config
+from candleflow.emulator.render import encode_json, expand_pages
 from candleflow.emulator.venues import VENUES, BadRequest, Reply
 
 # each venue's own body for "too many requests", so ccxt maps it to RateLimitExceeded
@@ -231,6 +232,8 @@ class Faults:
         if reply.status != 200:
             return reply
         page = self._take(exchange, symbol, PAGE_KINDS)
+        if page:
+            reply.body = expand_pages(reply.body)  # the rendered page as plain rows, to edit
         candles = venue.candle_list(reply.body) if page else None
         if candles is not None:
             self.served[exchange] += 1
@@ -252,7 +255,7 @@ class Faults:
             self.served[exchange] += 1
             kind = body[0]["kind"]
             if kind == "malformed_json":
-                text = json.dumps(reply.body, separators=(",", ":")).encode()
+                text = encode_json(reply.body)
                 return Reply(200, text[: max(1, len(text) // 2)], {"Content-Type": "application/json"})
             if kind == "html_200":
                 return Reply(200, CDN_PAGE)
@@ -446,6 +449,17 @@ def _pattern(routes: dict, path: str) -> str:
     return path
 
 
+def encode_reply(reply: Reply) -> tuple[bytes, str, dict[str, str]]:
+    """The HTTP body, its Content-Type and the other headers of a reply: bytes as they are, a str
+    as an HTML page, anything else as compact JSON (with rendered candle pages spliced in)."""
+    headers = dict(reply.headers or {})
+    if isinstance(reply.body, bytes):
+        return reply.body, headers.pop("Content-Type", "application/octet-stream"), headers
+    if isinstance(reply.body, str):
+        return reply.body.encode(), "text/html", headers
+    return encode_json(reply.body), "application/json", headers
+
+
 class _Handler(BaseHTTPRequestHandler):
     emulator: EmulatorServer
     protocol_version = "HTTP/1.1"
@@ -460,13 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.emulator.dispatch(method, parts.path, query, body)
         except Exception as exc:  # noqa: BLE001 - a bug in the emulator is a 500, not a dead server
             reply = Reply(500, {"error": f"emulator error: {exc!r}"})
-        headers = dict(reply.headers or {})
-        if isinstance(reply.body, bytes):
-            payload, content_type = reply.body, headers.pop("Content-Type", "application/octet-stream")
-        elif isinstance(reply.body, str):
-            payload, content_type = reply.body.encode(), "text/html"
-        else:
-            payload, content_type = json.dumps(reply.body, separators=(",", ":")).encode(), "application/json"
+        payload, content_type, headers = encode_reply(reply)
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", content_type)

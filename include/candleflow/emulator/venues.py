@@ -28,6 +28,7 @@ from email.utils import format_datetime
 
 import numpy as np
 
+from candleflow.emulator import render
 from candleflow.emulator.market_data import CandleSource, DerivativesSource, EmulatorConfig
 
 BINANCE_INTERVALS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
@@ -57,10 +58,10 @@ class BadRequest(Exception):
         self.reply = reply
 
 
-def _num(x: float) -> str:
-    # callers pass Python floats (rows.tolist()): formatting numpy scalars one by one cost a
-    # page of 1000 candles ~15 ms, most of the emulator's time per request
-    return f"{x:.10g}" if x >= 1 or x <= -1 else f"{x:.8g}"
+# how the venues print a price or a volume: %.10g from 1 up, %.8g below. Candle pages print
+# theirs in bulk (`render`: same bytes, a fraction of the CPU); callers of `_num` pass Python
+# floats (formatting numpy scalars one by one is several times slower)
+_num = render.num_text
 
 
 def _int(query: dict, name: str, default: int | None, error) -> int | None:
@@ -84,6 +85,8 @@ class Venue:
         self.now_ms = now_ms
         self.faults = faults
         self.derivatives = DerivativesSource(config, source)
+        self._symbols: dict[str, str] | None = None       # market id -> symbol (the config is fixed)
+        self._perp_symbols: dict[str, str] | None = None
 
     # market ids ------------------------------------------------------------------------------
     def listed(self) -> list[str]:
@@ -97,10 +100,12 @@ class Venue:
         return self.config.renames.get(symbol, {}).get(self.name, symbol)
 
     def symbol_for(self, market_id: str) -> str | None:
-        for symbol in self.listed():
-            if self.market_id(symbol) == market_id:
-                return symbol
-        return None
+        if self._symbols is None:  # every request asks (twice): a lookup, not a scan of the listing
+            by_id: dict[str, str] = {}
+            for symbol in self.listed():
+                by_id.setdefault(self.market_id(symbol), symbol)
+            self._symbols = by_id  # complete before other threads see it
+        return self._symbols.get(market_id)
 
     def rows(self, symbol: str, tf_ms: int, start_ms: int, end_ms: int) -> np.ndarray:
         """Candles the exchange has in [start, end): nothing after the current open candle."""
@@ -127,7 +132,8 @@ class Venue:
         return self.symbol_for(market_id) or ""
 
     def candle_list(self, body) -> list | None:
-        """The list of candles inside this venue's 200 body (mutable in place), or None."""
+        """The list of candles inside this venue's 200 body (mutable in place), or None. Candle
+        endpoints answer a `render.Page` in its place: `render.expand_pages(body)` first."""
         raise NotImplementedError
 
     newest_first = False  # the order the venue serves a page in
@@ -138,10 +144,12 @@ class Venue:
         return self.market_id(symbol)
 
     def perp_symbol_for(self, market_id: str) -> str | None:
-        for symbol in self.derivatives.listed(self.name):
-            if self.perp_id(symbol) == market_id:
-                return symbol
-        return None
+        if self._perp_symbols is None:
+            by_id: dict[str, str] = {}
+            for symbol in self.derivatives.listed(self.name):
+                by_id.setdefault(self.perp_id(symbol), symbol)
+            self._perp_symbols = by_id
+        return self._perp_symbols.get(market_id)
 
     def funding_rows(self, symbol: str, lo: int | None, hi: int | None) -> np.ndarray:
         """Settlements with lo <= time <= hi that have happened by now and are still served."""
@@ -198,6 +206,20 @@ class Binance(Venue):
         """Binance's 12 kline columns (REST and the public data archive share them)."""
         return [[int(r[0]), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]), int(r[0]) + tf - 1,
                  _num(r[5] * r[4]), 100, _num(r[5] / 2), _num(r[5] * r[4] / 2), "0"] for r in np.asarray(rows).tolist()]
+
+    @staticmethod
+    def kline_page(rows: np.ndarray, tf: int) -> render.Page:
+        """`kline_rows` as the REST body's JSON text, rendered in bulk (the same bytes as
+        `json.dumps(kline_rows(rows, tf), separators=(",", ":"))`)."""
+        rows = render.as_rows(rows)
+        t, o, h, low, c, v = rows.T
+        ts = render.to_int(t)
+        times = render.int_cells(np.stack([ts, ts + (tf - 1)]))
+        quote = v * c
+        num = render.num_cells(np.stack([o, h, low, c, v, quote, v / 2, quote / 2]))
+        return render.page(len(rows), "[", times[:, 0], ',"', num[:, 0], '","', num[:, 1], '","', num[:, 2], '","',
+                           num[:, 3], '","', num[:, 4], '",', times[:, 1], ',"', num[:, 5], '",100,"', num[:, 6],
+                           '","', num[:, 7], '","0"]')
 
     def routes(self):
         return {"/api/v3/exchangeInfo": self.exchange_info, "/api/v3/klines": self.klines,
@@ -352,11 +374,11 @@ class Binance(Venue):
             # listing that is the listing's first candles (how clients discover a listing date)
             first = max(start, self.config.listed_since(self.name, symbol) or start)
             hi = (end + 1) if end is not None else first + tf * limit
-            rows = self.rows(symbol, tf, start, min(hi, first + tf * limit))[:limit] if first < hi else []
+            rows = self.rows(symbol, tf, start, min(hi, first + tf * limit))[:limit] if first < hi else np.empty((0, 6))
         else:
             hi = (end + 1) if end is not None else self.now_ms() + tf
             rows = self.rows(symbol, tf, hi - tf * (limit + 1), hi)[-limit:]
-        return Reply(200, self.kline_rows(rows, tf))
+        return Reply(200, self.kline_page(rows, tf))
 
 
 class Coinbase(Venue):
@@ -432,9 +454,17 @@ class Coinbase(Venue):
         if (end - start) * 1000 // tf > self.MAX_CANDLES:
             return self._error(f"number of candles requested should be less than {self.MAX_CANDLES}")
         rows = self.rows(symbol, tf, start * 1000, end * 1000)[::-1]
-        body = [{"start": str(int(r[0]) // 1000), "low": _num(r[3]), "high": _num(r[2]), "open": _num(r[1]),
-                 "close": _num(r[4]), "volume": _num(r[5])} for r in np.asarray(rows).tolist()]
-        return Reply(200, {"candles": body})
+        return Reply(200, {"candles": self.candle_page(rows)})
+
+    @staticmethod
+    def candle_page(rows: np.ndarray) -> render.Page:
+        """[{"start": str(int(t) // 1000), "low": _num(low), "high": …, "open": …, "close": …, "volume": …}]"""
+        rows = render.as_rows(rows)
+        t, o, h, low, c, v = rows.T
+        start = render.int_cells(render.to_int(t) // 1000)
+        num = render.num_cells(np.stack([low, h, o, c, v]))
+        return render.page(len(rows), '{"start":"', start, '","low":"', num[:, 0], '","high":"', num[:, 1],
+                           '","open":"', num[:, 2], '","close":"', num[:, 3], '","volume":"', num[:, 4], '"}')
 
 
 class Kraken(Venue):
@@ -505,10 +535,18 @@ class Kraken(Venue):
         since = _int(query, "since", None, lambda m: Reply(200, {"error": [f"EGeneral:{m}"]}))
         if since is not None:
             rows = rows[rows[:, 0] > since * 1000] if len(rows) else rows
-        body = [[int(r[0]) // 1000, _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]),
-                 _num((r[2] + r[3] + r[4]) / 3), _num(r[5]), 50] for r in np.asarray(rows).tolist()]
-        last = body[-2][0] if len(body) >= 2 else (body[-1][0] if body else (since or 0))
-        return Reply(200, {"error": [], "result": {pair: body, "last": last}})
+        seconds = render.to_int(render.as_rows(rows)[:, 0]) // 1000
+        last = int(seconds[-2]) if len(rows) >= 2 else (int(seconds[-1]) if len(rows) else (since or 0))
+        return Reply(200, {"error": [], "result": {pair: self.ohlc_page(rows), "last": last}})
+
+    @staticmethod
+    def ohlc_page(rows: np.ndarray) -> render.Page:
+        """[[int(t) // 1000, _num(open), _num(high), _num(low), _num(close), _num(vwap), _num(volume), 50]]"""
+        rows = render.as_rows(rows)
+        t, o, h, low, c, v = rows.T
+        num = render.num_cells(np.stack([o, h, low, c, (h + low + c) / 3, v]))
+        return render.page(len(rows), "[", render.int_cells(render.to_int(t) // 1000), ',"', num[:, 0], '","',
+                           num[:, 1], '","', num[:, 2], '","', num[:, 3], '","', num[:, 4], '","', num[:, 5], '",50]')
 
 
 class Bybit(Venue):
@@ -636,9 +674,16 @@ class Bybit(Venue):
         # Bybit returns the newest `limit` candles of [start, end], newest first: paging forward
         # from `start` without `end` silently skips history.
         rows = self.rows(symbol, tf, lo, hi)[-limit:][::-1]
-        body = [[str(int(r[0])), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]),
-                 _num(r[5] * r[4])] for r in np.asarray(rows).tolist()]
-        return self._ok({"symbol": self.market_id(symbol), "category": "spot", "list": body})
+        return self._ok({"symbol": self.market_id(symbol), "category": "spot", "list": self.kline_page(rows)})
+
+    @staticmethod
+    def kline_page(rows: np.ndarray) -> render.Page:
+        """[[str(int(t)), _num(open), _num(high), _num(low), _num(close), _num(volume), _num(volume * close)]]"""
+        rows = render.as_rows(rows)
+        t, o, h, low, c, v = rows.T
+        num = render.num_cells(np.stack([o, h, low, c, v, v * c]))
+        return render.page(len(rows), '["', render.int_cells(render.to_int(t)), '","', num[:, 0], '","', num[:, 1],
+                           '","', num[:, 2], '","', num[:, 3], '","', num[:, 4], '","', num[:, 5], '"]')
 
 
 class Okx(Venue):
@@ -780,10 +825,19 @@ class Okx(Venue):
         if not history and self.spec.recent_candles:
             lo = max(lo, (now // tf - self.spec.recent_candles + 1) * tf)  # /market/candles: recent only
         rows = self.rows(symbol, tf, lo, hi)[-limit:][::-1] if lo < hi else np.empty((0, 6))
-        current = now // tf * tf
-        body = [[str(int(r[0])), _num(r[1]), _num(r[2]), _num(r[3]), _num(r[4]), _num(r[5]),
-                 _num(r[5] * r[4]), _num(r[5] * r[4]), "0" if int(r[0]) == current else "1"] for r in np.asarray(rows).tolist()]
-        return self._ok(body)
+        return self._ok(self.candle_page(rows, now // tf * tf))
+
+    @staticmethod
+    def candle_page(rows: np.ndarray, current: int) -> render.Page:
+        """[[str(int(t)), _num(open), …, _num(volume), _num(volume * close) twice, "0" if t is the
+        current (open) candle else "1"]]"""
+        rows = render.as_rows(rows)
+        t, o, h, low, c, v = rows.T
+        ts = render.to_int(t)
+        num = render.num_cells(np.stack([o, h, low, c, v, v * c]))
+        return render.page(len(rows), '["', render.int_cells(ts), '","', num[:, 0], '","', num[:, 1], '","',
+                           num[:, 2], '","', num[:, 3], '","', num[:, 4], '","', num[:, 5], '","', num[:, 5], '","',
+                           render.flag_cells(ts == current, "0", "1"), '"]')
 
 
 VENUES = {cls.name: cls for cls in (Binance, Coinbase, Kraken, Bybit, Okx)}
