@@ -146,6 +146,7 @@ class CollectConfig:
     requests_in_flight: int = 8     # concurrent HTTP requests per exchange client (they share its throttle)
     pairs_in_flight: int = 8        # symbols of one exchange collected at once
     budget: str = "ccxt"            # ccxt: ccxt's throttle paces; published: the budgets.yaml limiter paces
+    fast_candle_parse: bool = True  # candle pages parsed by candleflow.candle_pages (same rows as ccxt, ~5x less CPU)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,8 @@ def _collect_config(data: dict, where: str) -> CollectConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where}: collect.{name} {value!r} is invalid; use a whole number >= 1")
     parse_budget(cfg.budget, f"{where}: collect.budget")
+    if not isinstance(cfg.fast_candle_parse, bool):
+        raise ConfigError(f"{where}: collect.fast_candle_parse {cfg.fast_candle_parse!r} is invalid; use true or false")
     return cfg
 
 

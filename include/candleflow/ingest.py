@@ -205,7 +205,8 @@ async def _ingest_exchange(s3, lake_cfg: LakeConfig, *, exchange: str, symbols: 
         archive_base_url = f"{emulator_url.rstrip('/')}/binance-archive" if mode == "emulator" else LIVE_BASE_URL
     client = make_exchange(exchange, mode=mode, emulator_url=emulator_url,
                            enable_rate_limit=collect_cfg.enable_rate_limit and collect_cfg.budget == "ccxt",
-                           timeout_ms=collect_cfg.timeout_ms, asynchronous=True, limiter=limiter)
+                           timeout_ms=collect_cfg.timeout_ms, asynchronous=True, limiter=limiter,
+                           fast_parse=collect_cfg.fast_candle_parse)
     if chunk:  # scheduled runs: their interval and the overlap intervals before it, each on its own
         chunks = [(start + chunk * i, min(end, start + chunk * (i + 1)))
                   for i in range(math.ceil((end - start) / chunk))]
