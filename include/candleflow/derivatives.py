@@ -142,12 +142,14 @@ def load_config() -> DerivativesConfig:
 
 # -- exchange access -------------------------------------------------------------------------
 def open_client(exchange: str, venue: VenueConfig, *, mode: str, emulator_url: str | None,
-                collect_cfg: CollectConfig):
-    """A stock ccxt client (collect.make_exchange) that loads only the perpetual market types."""
+                collect_cfg: CollectConfig, limiter=None):
+    """A stock ccxt client (collect.make_exchange) that loads only the perpetual market types;
+    `limiter` (candleflow.ratelimit) gates its requests as it gates the candle collectors'."""
     from candleflow.collect import make_exchange
 
     client = make_exchange(exchange, mode=mode, emulator_url=emulator_url,
-                           enable_rate_limit=collect_cfg.enable_rate_limit, timeout_ms=collect_cfg.timeout_ms)
+                           enable_rate_limit=collect_cfg.enable_rate_limit, timeout_ms=collect_cfg.timeout_ms,
+                           limiter=limiter)
     client.options["fetchMarkets"] = {"types": list(venue.market_types)}
     return client
 
@@ -452,12 +454,17 @@ class ExchangeReport:
 
 def ingest_exchange(s3, bucket: str, exchange: str, start: datetime, end: datetime, *,
                     cfg: DerivativesConfig, mode: str, emulator_url: str | None, collect_cfg: CollectConfig,
-                    symbols: list[str] | None = None, client=None) -> ExchangeReport:
+                    symbols: list[str] | None = None, client=None, limiter=None, alert=None) -> ExchangeReport:
     """Funding and open interest of every configured symbol's perpetual on `exchange` over
     [start, end) (clipped to history_start and to the exchange's clock) into the lake.
 
     A symbol without a perpetual is skipped with its reason; a symbol whose requests still fail
-    after the retries is reported and, once the other symbols landed, raises DerivativesError."""
+    after the retries is reported and, once the other symbols landed, raises DerivativesError.
+
+    Requests go through the exchange's shared limiter (`limiter`, else `ratelimit.limiter_for`),
+    as the candle collectors' do: bybit meters every endpoint of an IP in one budget, and a ban
+    seen here must stop the candle collectors too (and the other way round). `alert` receives
+    the ban alert."""
     if exchange not in cfg.venues:
         raise ConfigError(f"exchange: {exchange!r} is not configured in derivatives.yaml; use one of "
                           f"{', '.join(cfg.venues)}")
@@ -467,7 +474,12 @@ def ingest_exchange(s3, bucket: str, exchange: str, start: datetime, end: dateti
     symbols = list(symbols or cfg.symbols)
     start = max(start, cfg.history_start)
     report = ExchangeReport(exchange, start.isoformat(), end.isoformat())
-    client = client or open_client(exchange, venue, mode=mode, emulator_url=emulator_url, collect_cfg=collect_cfg)
+    if client is None:
+        from candleflow.ratelimit import limiter_for
+
+        limiter = limiter or limiter_for(exchange, collect_cfg, alert=alert, mode=mode)
+        client = open_client(exchange, venue, mode=mode, emulator_url=emulator_url, collect_cfg=collect_cfg,
+                             limiter=limiter)
     call = Caller(client, collect_cfg)
     call("load_markets", client.load_markets)
     now_ms = int(call("fetch_time", client.fetch_time))

@@ -19,6 +19,7 @@ from airflow.sdk import TriggerRule, get_current_context, task
 
 from candleflow_airflow.assets import FUNDING, OPEN_INTEREST
 from candleflow_airflow.aws import s3_client
+from candleflow_airflow.notifiers import ban_alert
 
 
 @task
@@ -60,7 +61,7 @@ def ingest_derivatives(request: dict) -> dict:
         s3_client(pipeline.lake.aws_conn_id), pipeline.lake.bucket, request["exchange"],
         parse_utc(request["start"], "start"), parse_utc(request["end"], "end"), cfg=derivatives.load_config(),
         mode=pipeline.exchange_mode, emulator_url=pipeline.emulator_url, collect_cfg=pipeline.collect,
-        symbols=request["symbols"])
+        symbols=request["symbols"], alert=ban_alert(pipeline.alerts_conn_id))
     return report.summary()
 
 

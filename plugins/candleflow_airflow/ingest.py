@@ -33,6 +33,7 @@ from airflow.sdk import TriggerRule, get_current_context, task
 from candleflow.config import EXCHANGES, pool_name
 from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
 from candleflow_airflow.aws import s3_client
+from candleflow_airflow.notifiers import ban_alert
 
 
 def _requests(pairs: list[dict], *, force: bool = False, chunk_seconds: int | None = None,
@@ -85,16 +86,6 @@ def plan_from_params() -> list[dict]:
     return _requests(pairs, force=bool(params.get("force")), budget=budget)
 
 
-def _ban_alert(conn_id: str):
-    """Deliver a limiter's ban alert (candleflow.alerts.ban_payload) to the failure webhook."""
-    def send(payload: dict) -> None:
-        from candleflow_airflow.notifiers import post_webhook
-
-        post_webhook(conn_id, payload, what="ban alert")
-
-    return send
-
-
 @task
 def ingest(requests: list[dict], exchange: str) -> dict:
     """This exchange's part of the plan (skipped when the run does not cover it)."""
@@ -120,7 +111,7 @@ def ingest(requests: list[dict], exchange: str) -> dict:
         timeframe=request["timeframe"], start=parse_utc(request["start"], "start"), end=parse_utc(request["end"], "end"),
         quotes=request["quotes"], page_size=page_size, mode=cfg.exchange_mode, emulator_url=cfg.emulator_url,
         collect_cfg=collect_cfg, force=request.get("force", False), chunk=chunk, names=request.get("names"),
-        alert=_ban_alert(cfg.alerts_conn_id),
+        alert=ban_alert(cfg.alerts_conn_id),
     )
     failed = report.by_status("failed")
     if failed:

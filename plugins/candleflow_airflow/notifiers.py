@@ -44,6 +44,15 @@ def post_webhook(conn_id: str, payload: dict, timeout: float = 10.0, *, what: st
         log.error("%s to %r could not be delivered: %s", what.capitalize(), conn_id, exc)
 
 
+def ban_alert(conn_id: str):
+    """A limiter's `alert` callable: delivers its ban alert (candleflow.alerts.ban_payload) to the
+    failure webhook `conn_id`."""
+    def send(payload: dict) -> None:
+        post_webhook(conn_id, payload, what="ban alert")
+
+    return send
+
+
 def alert_from_context(context):
     from candleflow.alerts import FailureAlert
 

@@ -234,3 +234,28 @@ def test_history_start_bounds_every_window(s3_client, bucket, emulator, cfg):
     late = replace(cfg, history_start=datetime(2024, 10, 29, tzinfo=UTC))
     report = _ingest(s3_client, bucket, emulator, late, "bybit", ["BTC"])
     assert _by_symbol(report)["BTC"].funding_rows == 3
+
+
+def test_a_ban_met_by_the_derivatives_client_stops_the_exchanges_shared_limiter(s3_client, bucket, emulator, cfg,
+                                                                                 faults, tmp_path, monkeypatch):
+    # funding requests go through the same limiter as the candle collectors (bybit meters every
+    # endpoint of an IP in one budget; a ban is per IP everywhere): a ban they meet holds every
+    # collector of the host, alerts once, and the run resumes after it without loss
+    import time
+
+    from candleflow.ratelimit import limiter_for
+
+    monkeypatch.setenv("CANDLEFLOW_LIMITER_STATE_DIR", str(tmp_path))
+    alerts = []
+    faults([{"kind": "http_error", "exchange": "binance", "symbol": "ETH", "status": 418, "retry_after": 1,
+             "count": 1}])
+    began = time.time()
+    report = derivatives.ingest_exchange(s3_client, bucket, "binance", START, END, cfg=cfg, mode="emulator",
+                                         emulator_url=emulator.url, collect_cfg=FAST, symbols=["ETH"],
+                                         alert=alerts.append)
+    eth = _by_symbol(report)["ETH"]
+    assert eth.error is None and eth.funding_rows == 30 and eth.funding_gaps == 0
+    assert len(alerts) == 1 and "binance" in alerts[0]["text"]
+    # a candle collector's limiter on the same host sees the ban the derivatives client met
+    banned_until = limiter_for("binance", FAST).snapshot().get("banned_until", 0.0)
+    assert began + 0.9 <= banned_until <= time.time()
