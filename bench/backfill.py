@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/backfill.py [--timeframe 1m] [--days 10 | --hours H] [--symbols N]
                                        [--exchanges binance,okx,...] [--budget ccxt|published]
-                                       [--emulator subprocess|inprocess] [--workers process|loop]
+                                       [--min-seconds S] [--emulator subprocess|inprocess]
+                                       [--workers process|loop]
                                        [--no-compare] [--no-calibrate]
 
 What it does (issue 3 "Speed", issue 6 "published limits"):
@@ -14,10 +15,23 @@ What it does (issue 3 "Speed", issue 6 "published limits"):
 - one process per exchange (`--workers process`, default: as one Airflow task per exchange runs;
   `--workers loop` puts them all in this process's event loop), each with one async ccxt client
   (`make_exchange(asynchronous=True)`) shared by every coroutine of that exchange, markets loaded
-  once, then `collect_pair_async` for every symbol of the window [end - days, end) (end = the
-  emulated clock's UTC midnight), `collect.pairs_in_flight` symbols and
-  `collect.requests_in_flight` requests at once; all exchanges start their timed window together
-  and share one limiter state directory;
+  once, then `collect_pair_async` for every symbol of its window [start, end) (end = the
+  emulated clock's UTC midnight; start = end - days, or earlier with `--min-seconds`, below),
+  `collect.pairs_in_flight` symbols and `collect.requests_in_flight` requests at once; all
+  exchanges start their timed window together and share one limiter state directory;
+- `--min-seconds S` (default 60 with `--budget published`, 0 with `--budget ccxt`: the plain
+  `--days` window for all): a run shorter than a few of an exchange's rate-limit windows measures
+  its burst, not its sustained rate (binance's 6000 weight / 60 s holds a 10-day backfill whole;
+  bybit's 421 pages at 96/s last 5 s, mostly start-up and the initial burst), while okx and
+  coinbase already take minutes over 10 days, so no single window fits every exchange. With S > 0
+  each exchange's window is widened (never narrowed) back from the same end, so that at its pace
+  for the budget it lasts at least max(S, 3 × its binding bucket's window): pages = that × its
+  pages/s (published: margin × limit / window / cost of a candle request in the tightest
+  budgets.yaml window bucket metering its candle route; ccxt: 1000 / (rateLimit × the OHLCV cost),
+  read off one probe page), days = pages × page size / (symbols × candles per day), rounded up to
+  whole hours. Kraken keeps the base window (its per-pair counter never binds; its OHLC serves 720
+  candles whatever the window). The windows are printed before the run and in each report; every
+  pass (the ccxt-pace comparison too) backfills and checks the same per-exchange windows;
 - afterwards it calibrates the emulator itself (`emu/s`): each exchange's recorded candle-page
   request replayed by raw HTTP clients, limits off, all exchanges at once, so `ach/emu` shows
   whether the client or the emulator (its page rendering on this machine's cores) limits a run;
@@ -35,9 +49,10 @@ What it does (issue 3 "Speed", issue 6 "published limits"):
   per 2 s, coinbase per second, kraken's counter per pair), the 429s and bans the emulator
   counted, and the wall time beside the same run at ccxt's pace (run first, unless
   `--no-compare`). Last line `published_limit_efficiency=<min over exchanges>`;
-- correctness: every listed pair got exactly the expected candles (one per interval from the
-  window start, or kraken's 720-candle horizon, to the window end; no gap, no duplicate, no
-  conflicting twin), and the pairs an exchange does not list are the emulator's "not listed" ones;
+- correctness: every listed pair got exactly the expected candles (one per interval from its
+  exchange's window start — or the pair's listing, or kraken's 720-candle horizon — to the window
+  end; no gap, no duplicate, no conflicting twin), and the pairs an exchange does not list are the
+  emulator's "not listed" ones;
 - the projected wall time of a 3-year 1m backfill of 30 symbols at the achieved rates and at the bound.
 """
 
@@ -47,6 +62,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -64,12 +80,30 @@ sys.path.insert(0, str(ROOT / "include"))
 
 from candleflow import ratelimit  # noqa: E402
 from candleflow.collect import collect_pair_async, make_exchange  # noqa: E402
-from candleflow.config import BUDGETS, TIMEFRAME_MS, CollectConfig, load_pipeline, load_universe, load_yaml  # noqa: E402
+from candleflow.config import (  # noqa: E402
+    BUDGETS,
+    TIMEFRAME_MS,
+    Budget,
+    CollectConfig,
+    load_budgets,
+    load_pipeline,
+    load_universe,
+    load_yaml,
+)
 
 CLOCK = "2024-10-30T00:30:00Z"
 EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
 OHLCV_PATHS = ("klines", "kline", "candles", "OHLC")   # the candle endpoint's path ends with one of these
 THREE_YEARS_1M = 3 * 365 * 1440                         # candles per pair
+# each exchange's candle routes on the emulator, as the limiter sees them (its path prefix stripped;
+# coinbase's product id is an example): the budgets.yaml buckets metering these pace a backfill
+CANDLE_ROUTES = {
+    "binance": ("/api/v3/klines",),
+    "bybit": ("/v5/market/kline",),
+    "okx": ("/api/v5/market/history-candles", "/api/v5/market/candles"),
+    "coinbase": ("/api/v3/brokerage/market/products/BTC-USD/candles",),
+    "kraken": ("/0/public/OHLC",),
+}
 
 
 @dataclass
@@ -105,6 +139,9 @@ class ExchangeRun:
     sample_url: str = ""                 # one candle-page request of the run
     ceiling: float = 0.0                 # candle pages/s the emulator serves this exchange at most (calibrated)
     ended_at: float = 0.0
+    start: datetime | None = None        # this exchange's window [start, end) (see plan_windows)
+    end: datetime | None = None
+    window_note: str = ""                # why the window is what it is (pace, target duration)
 
     # --- derived -------------------------------------------------------------------------------
     def delta(self, key: str) -> int:
@@ -316,7 +353,9 @@ async def setup_exchange(run: ExchangeRun, emu: Emulator, cfg: CollectConfig, bu
 
 
 async def run_exchange(run: ExchangeRun, client, timing: dict, emu: Emulator, symbols: list[str], aliases: dict,
-                       quotes, timeframe: str, start: datetime, end: datetime, cfg: CollectConfig) -> None:
+                       quotes, timeframe: str, cfg: CollectConfig) -> None:
+    """The timed backfill of every symbol over this exchange's window [run.start, run.end), then its check."""
+    start, end = run.start, run.end
     stats = await asyncio.to_thread(emu.admin, "stats")
     run.stats_before = stats["exchanges"][run.exchange]
     run.routes_before = {k: v for k, v in stats.items() if k.startswith(run.exchange + " ")}
@@ -370,7 +409,7 @@ class EmulatorClient:
     post = Emulator.post
 
 
-def _exchange_process(run: ExchangeRun, url: str, args, start, end, cfg: CollectConfig, budget: str, state_dir: str,
+def _exchange_process(run: ExchangeRun, url: str, args, cfg: CollectConfig, budget: str, state_dir: str,
                       go) -> ExchangeRun:
     """One exchange in its own process (as one Airflow task per exchange runs it)."""
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR,
@@ -385,7 +424,7 @@ def _exchange_process(run: ExchangeRun, url: str, args, start, end, cfg: Collect
             return
         try:
             await run_exchange(run, client, timing, emu, args.symbol_list, universe.aliases,
-                               universe.exchanges[run.exchange].quotes, args.timeframe, start, end, cfg)
+                               universe.exchanges[run.exchange].quotes, args.timeframe, cfg)
         finally:
             await client.close()
         run.limiter.alert = None
@@ -395,7 +434,7 @@ def _exchange_process(run: ExchangeRun, url: str, args, start, end, cfg: Collect
     return run
 
 
-def run_processes(runs: list[ExchangeRun], emu: Emulator, args, start, end, cfg: CollectConfig,
+def run_processes(runs: list[ExchangeRun], emu: Emulator, args, cfg: CollectConfig,
                   budget: str) -> tuple[list[ExchangeRun], float]:
     """One process per exchange, all at once, one limiter state directory shared between them."""
     import multiprocessing
@@ -406,26 +445,26 @@ def run_processes(runs: list[ExchangeRun], emu: Emulator, args, start, end, cfg:
     with ctx.Manager() as manager:
         go = manager.Barrier(len(runs))
         print(f"backfilling {len(args.symbol_list)} symbols × {len(runs)} exchanges, {args.timeframe}, "
-              f"{start.isoformat()} .. {end.isoformat()}, budget {budget}, one process per exchange ...", flush=True)
+              f"{window_text(runs)}, budget {budget}, one process per exchange ...", flush=True)
         with ProcessPoolExecutor(max_workers=len(runs), mp_context=ctx) as pool:
-            futures = [pool.submit(_exchange_process, r, emu.url, args, start, end, cfg, budget, state_dir, go)
+            futures = [pool.submit(_exchange_process, r, emu.url, args, cfg, budget, state_dir, go)
                        for r in runs]
             done = [f.result() for f in futures]
     wall = max(r.ended_at for r in done) - min(r.started_at for r in done)
     return done, wall
 
 
-async def run_all(runs: list[ExchangeRun], emu: Emulator, args, universe, start, end, cfg: CollectConfig,
+async def run_all(runs: list[ExchangeRun], emu: Emulator, args, universe, cfg: CollectConfig,
                   budget: str) -> float:
     """Every exchange at once in one event loop; returns the wall time until the last finished."""
     state_dir = tempfile.mkdtemp(prefix=f"bench-limiter-{budget}-")
     setups = await asyncio.gather(*(setup_exchange(r, emu, cfg, budget, state_dir) for r in runs))
     print(f"backfilling {len(args.symbol_list)} symbols × {len(runs)} exchanges, {args.timeframe}, "
-          f"{start.isoformat()} .. {end.isoformat()}, budget {budget} ...", flush=True)
+          f"{window_text(runs)}, budget {budget} ...", flush=True)
     t0 = time.perf_counter()
     try:
         await asyncio.gather(*(run_exchange(r, client, timing, emu, args.symbol_list, universe.aliases,
-                                            universe.exchanges[r.exchange].quotes, args.timeframe, start, end, cfg)
+                                            universe.exchanges[r.exchange].quotes, args.timeframe, cfg)
                                for r, (client, timing) in zip(runs, setups, strict=True) if client is not None))
     finally:
         for client, _ in setups:
@@ -464,6 +503,102 @@ async def _gather(*coros):
     return await asyncio.gather(*coros)
 
 
+# --- windows -------------------------------------------------------------------------------------
+
+def binding_bucket(budget: Budget) -> tuple[str, float, float, float] | None:
+    """(name, window seconds, cost per candle request, candle pages/s at margin × its published
+    limit) of the window bucket that paces this exchange's candle pages most tightly (okx: its
+    history-candles endpoint; coinbase: the public per-second bucket); None if no window bucket
+    meters them (kraken: its OHLC counter is per pair, and one request per pair never waits)."""
+    best = None
+    for bucket in budget.buckets:
+        if bucket.type != "window" or bucket.per_query:
+            continue
+        for route in CANDLE_ROUTES.get(budget.exchange, ()):
+            cost = bucket.cost(route)
+            if cost:
+                pages_per_s = budget.margin * bucket.rate / cost
+                if best is None or pages_per_s < best[3]:
+                    best = (bucket.name, bucket.seconds, cost, pages_per_s)
+    return best
+
+
+async def ccxt_pace(run: ExchangeRun, emu: Emulator, cfg: CollectConfig, universe, symbols: list[str],
+                    timeframe: str, start: datetime) -> float:
+    """Candle pages/s ccxt's throttle allows this exchange (1000 / (rateLimit × the cost ccxt
+    charges its OHLCV call)), read off one page collected from `start` on a throwaway client."""
+    client, _ = await setup_exchange(run, emu, cfg, "ccxt", tempfile.mkdtemp(prefix="bench-limiter-probe-"))
+    if client is None:
+        return 0.0
+    end = start + timedelta(milliseconds=TIMEFRAME_MS[timeframe] * run.page_size)
+    try:
+        for symbol in symbols:                # the first symbol this exchange lists
+            await collect_pair_async(client, symbol, timeframe, start, end,
+                                     quotes=universe.exchanges[run.exchange].quotes,
+                                     names=[symbol, *universe.aliases.get(symbol, ())], page_size=run.page_size, cfg=cfg)
+            if run.ohlcv_cost:
+                break
+    except Exception as exc:  # noqa: BLE001 - the exchange keeps the base window
+        logging.getLogger(__name__).warning("%s: ccxt pace probe failed: %s", run.exchange, exc)
+    finally:
+        await client.close()
+    return run.bound
+
+
+def plan_windows(runs: list[ExchangeRun], base_start: datetime, end: datetime, *, min_seconds: float,
+                 budget: str, paces: dict[str, float], symbols: int, timeframe: str) -> None:
+    """Each run's window [start, end): the base window, widened back from `end` (never narrowed) so
+    that at its pace for `budget` it lasts at least max(min_seconds, 3 × its binding bucket's window):
+    pages = that × pages/s; days = pages × page size / (symbols × candles per day), whole hours.
+    A run shorter than a few of an exchange's windows measures its burst, not its rate.
+    `paces`: ccxt's pages/s per exchange (budget ccxt); published: from budgets.yaml."""
+    budgets = load_budgets()[0] if min_seconds > 0 else {}
+    tf_ms = TIMEFRAME_MS[timeframe]
+    for r in runs:
+        r.start, r.end = base_start, end
+        if min_seconds <= 0:
+            continue
+        bind = binding_bucket(budgets[r.exchange]) if r.exchange in budgets else None
+        if bind is None:
+            r.window_note = "no window bucket meters its candle requests (per-pair counter): base window"
+            continue
+        name, bucket_s, cost, published_pps = bind
+        pages_per_s = published_pps if budget == "published" else paces.get(r.exchange, 0.0)
+        if not pages_per_s:
+            r.window_note = "its ccxt pace is unknown (probe failed): base window"
+            continue
+        seconds = max(min_seconds, 3 * bucket_s)
+        pages = math.ceil(seconds * pages_per_s - 1e-9)
+        hours = math.ceil(pages * r.page_size * 24 * tf_ms / (symbols * 86_400_000) - 1e-9)
+        start = end - timedelta(hours=hours)
+        start = datetime.fromtimestamp(int(start.timestamp() * 1000) // tf_ms * tf_ms / 1000, UTC)
+        pace = (f"{budget} budget {pages_per_s:.2f} pages/s" + (f" ({name}: margin × limit / {bucket_s:g} s / cost {cost:g})"
+                                                                if budget == "published" else f" (ccxt's throttle; binds {name})"))
+        if start < base_start:
+            r.start = start
+            r.window_note = f"≥ {seconds:g} s at {pace} = {pages} pages of {r.page_size}: widened"
+        else:
+            r.window_note = f"≥ {seconds:g} s at {pace} = {pages} pages of {r.page_size}: the base window already has that"
+
+
+def _uniform(runs: list[ExchangeRun]) -> bool:
+    return len({(r.start, r.end) for r in runs}) <= 1 and not any(r.window_note for r in runs)
+
+
+def window_text(runs: list[ExchangeRun], where: str = "above") -> str:
+    """'start .. end' when every exchange has the same plain window (as without --min-seconds)."""
+    if _uniform(runs) and runs:
+        return f"{runs[0].start.isoformat()} .. {runs[0].end.isoformat()}"
+    return f"per-exchange windows (listed {where})"
+
+
+def window_lines(runs: list[ExchangeRun]) -> list[str]:
+    if _uniform(runs):
+        return []
+    return [f"  {r.exchange:9} {r.start.isoformat()} .. {r.end.isoformat()} "
+            f"({(r.end - r.start) / timedelta(days=1):.2f} d)  {r.window_note}" for r in runs]
+
+
 # --- report --------------------------------------------------------------------------------------
 
 def fmt_duration(seconds: float) -> str:
@@ -474,12 +609,14 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, start, end, total_wall: float,
+def report(runs: list[ExchangeRun], not_listed: dict[str, set[str]], args, total_wall: float,
            timeframe: str) -> float:
     print()
-    print(f"backfill {timeframe} {start.isoformat()} .. {end.isoformat()} ({len(args.symbol_list)} symbols), "
+    print(f"backfill {timeframe} {window_text(runs, 'below')} ({len(args.symbol_list)} symbols), "
           f"emulator {args.emulator}, workers {args.workers}, clock {CLOCK}, budget {args.budget_label}"
           )
+    for line in window_lines(runs):
+        print(line)
     head = (f"{'exchange':9} {'pairs':>5} {'candles':>9} {'req':>5} {'ohlcv':>5} {'wall s':>7} {'candles/s':>10} "
             f"{'req/s':>6} {'ohlcv/s':>7} {'bound/s':>7} {'ach/bnd':>7} {'429':>4} {'ban':>4} {'emu/s':>6} {'ach/emu':>7}")
     print(head)
@@ -617,6 +754,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="ccxt", choices=BUDGETS,
                         help="ccxt (default): ccxt's own throttle paces. published: the limiter paces at the "
                              "exchanges' published limits × margin (include/config/budgets.yaml)")
+    parser.add_argument("--min-seconds", type=float,
+                        help="widen (never narrow) each exchange's window back from the same end so that at its "
+                             "pace for the budget it lasts at least max(S, 3 × its binding bucket's window): a run "
+                             "shorter than a few windows measures the burst, not the rate (default 60 with "
+                             "--budget published, 0 = the plain --days window for all with --budget ccxt)")
     parser.add_argument("--no-compare", action="store_true",
                         help="with --budget published: skip the run at ccxt's pace that it is compared with")
     parser.add_argument("--emulator", choices=("inprocess", "subprocess"), default="subprocess",
@@ -641,6 +783,10 @@ def main(argv: list[str] | None = None) -> int:
     span_td = timedelta(hours=args.hours) if args.hours is not None else timedelta(days=args.days or 10)
     if span_td <= timedelta(0):
         parser.error("--days/--hours: the window must be longer than zero")
+    if args.min_seconds is None:
+        args.min_seconds = 60.0 if args.budget == "published" else 0.0
+    if args.min_seconds < 0:
+        parser.error("--min-seconds: must be 0 or more")
     args.symbol_list = list(universe.symbols[:args.symbols])
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -659,13 +805,31 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, tuple[list[ExchangeRun], float]] = {}
     with Emulator(args.emulator, CLOCK) as emu:
         not_listed = emu.not_listed()
+        # every pass backfills the same per-exchange windows, sized for the budget under test (with
+        # --budget published the run at ccxt's pace it is compared with does the same work)
+        paces: dict[str, float] = {}
+        if args.min_seconds > 0 and args.budget == "ccxt":
+            probes = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
+            asyncio.run(_gather(*(ccxt_pace(r, emu, cfg, universe, args.symbol_list, args.timeframe, start)
+                                  for r in probes)))
+            paces = {r.exchange: r.bound for r in probes}
+        windows = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
+        plan_windows(windows, start, end, min_seconds=args.min_seconds, budget=args.budget, paces=paces,
+                     symbols=len(args.symbol_list), timeframe=args.timeframe)
+        if window_lines(windows):
+            print(f"windows (--min-seconds {args.min_seconds:g}: each lasts at least max({args.min_seconds:g} s, "
+                  f"3 × its binding bucket's window) at the {args.budget} budget; base {start.isoformat()} .. "
+                  f"{end.isoformat()}):")
+            for line in window_lines(windows):
+                print(line)
         for budget in passes:
             emu.post("limits", {"reset": True})   # each pass starts with the exchanges' windows empty
-            runs = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
+            runs = [ExchangeRun(e, page_size=w.page_size, start=w.start, end=w.end, window_note=w.window_note)
+                    for e, w in zip(exchanges, windows, strict=True)]
             if args.workers == "process":
-                runs, total_wall = run_processes(runs, emu, args, start, end, cfg, budget)
+                runs, total_wall = run_processes(runs, emu, args, cfg, budget)
             else:
-                total_wall = asyncio.run(run_all(runs, emu, args, universe, start, end, cfg, budget))
+                total_wall = asyncio.run(run_all(runs, emu, args, universe, cfg, budget))
             results[budget] = (runs, total_wall)
         if not args.no_calibrate:
             last = results[passes[-1]][0]
@@ -676,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     for budget in passes:
         runs, total_wall = results[budget]
         args.budget_label = budget
-        efficiency = report(runs, not_listed, args, start, end, total_wall, args.timeframe)
+        efficiency = report(runs, not_listed, args, total_wall, args.timeframe)
         if budget == "ccxt" and args.budget == "ccxt":
             print(f"backfill_efficiency={efficiency:.3f}")
         elif budget == "ccxt":
