@@ -19,16 +19,15 @@ What it does (issue 3 "Speed", issue 6 "published limits"):
   emulated clock's UTC midnight; start = end - days, or earlier with `--min-seconds`, below),
   `collect.pairs_in_flight` symbols and `collect.requests_in_flight` requests at once; all
   exchanges start their timed window together and share one limiter state directory;
-- `--min-seconds S` (default 60 with `--budget published`, 0 with `--budget ccxt`: the plain
-  `--days` window for all): a run shorter than a few of an exchange's rate-limit windows measures
+- `--min-seconds S` (`--budget published` only; default 60; 0 = the plain `--days` window for all,
+  as `--budget ccxt` always runs: issue 3's fixed range): a run shorter than a few of an exchange's rate-limit windows measures
   its burst, not its sustained rate (binance's 6000 weight / 60 s holds a 10-day backfill whole;
   bybit's 421 pages at 96/s last 5 s, mostly start-up and the initial burst), while okx and
   coinbase already take minutes over 10 days, so no single window fits every exchange. With S > 0
-  each exchange's window is widened (never narrowed) back from the same end, so that at its pace
-  for the budget it lasts at least max(S, 3 × its binding bucket's window): pages = that × its
-  pages/s (published: margin × limit / window / cost of a candle request in the tightest
-  budgets.yaml window bucket metering its candle route; ccxt: 1000 / (rateLimit × the OHLCV cost),
-  read off one probe page), days = pages × page size / (symbols × candles per day), rounded up to
+  each exchange's window is widened (never narrowed) back from the same end, so that at its
+  published budget it lasts at least max(S, 3 × its binding bucket's window): pages = that × its
+  pages/s (margin × limit / window / cost of a candle request in the tightest budgets.yaml window
+  bucket metering its candle route), days = pages × page size / (symbols × candles per day), rounded up to
   whole hours. Kraken keeps the base window (its per-pair counter never binds; its OHLC serves 720
   candles whatever the window). The windows are printed before the run and in each report; every
   pass (the ccxt-pace comparison too) backfills and checks the same per-exchange windows;
@@ -523,35 +522,12 @@ def binding_bucket(budget: Budget) -> tuple[str, float, float, float] | None:
     return best
 
 
-async def ccxt_pace(run: ExchangeRun, emu: Emulator, cfg: CollectConfig, universe, symbols: list[str],
-                    timeframe: str, start: datetime) -> float:
-    """Candle pages/s ccxt's throttle allows this exchange (1000 / (rateLimit × the cost ccxt
-    charges its OHLCV call)), read off one page collected from `start` on a throwaway client."""
-    client, _ = await setup_exchange(run, emu, cfg, "ccxt", tempfile.mkdtemp(prefix="bench-limiter-probe-"))
-    if client is None:
-        return 0.0
-    end = start + timedelta(milliseconds=TIMEFRAME_MS[timeframe] * run.page_size)
-    try:
-        for symbol in symbols:                # the first symbol this exchange lists
-            await collect_pair_async(client, symbol, timeframe, start, end,
-                                     quotes=universe.exchanges[run.exchange].quotes,
-                                     names=[symbol, *universe.aliases.get(symbol, ())], page_size=run.page_size, cfg=cfg)
-            if run.ohlcv_cost:
-                break
-    except Exception as exc:  # noqa: BLE001 - the exchange keeps the base window
-        logging.getLogger(__name__).warning("%s: ccxt pace probe failed: %s", run.exchange, exc)
-    finally:
-        await client.close()
-    return run.bound
-
-
 def plan_windows(runs: list[ExchangeRun], base_start: datetime, end: datetime, *, min_seconds: float,
-                 budget: str, paces: dict[str, float], symbols: int, timeframe: str) -> None:
+                 symbols: int, timeframe: str) -> None:
     """Each run's window [start, end): the base window, widened back from `end` (never narrowed) so
-    that at its pace for `budget` it lasts at least max(min_seconds, 3 × its binding bucket's window):
+    that at its published budget it lasts at least max(min_seconds, 3 × its binding bucket's window):
     pages = that × pages/s; days = pages × page size / (symbols × candles per day), whole hours.
-    A run shorter than a few of an exchange's windows measures its burst, not its rate.
-    `paces`: ccxt's pages/s per exchange (budget ccxt); published: from budgets.yaml."""
+    A run shorter than a few of an exchange's windows measures its burst, not its rate."""
     budgets = load_budgets()[0] if min_seconds > 0 else {}
     tf_ms = TIMEFRAME_MS[timeframe]
     for r in runs:
@@ -562,18 +538,13 @@ def plan_windows(runs: list[ExchangeRun], base_start: datetime, end: datetime, *
         if bind is None:
             r.window_note = "no window bucket meters its candle requests (per-pair counter): base window"
             continue
-        name, bucket_s, cost, published_pps = bind
-        pages_per_s = published_pps if budget == "published" else paces.get(r.exchange, 0.0)
-        if not pages_per_s:
-            r.window_note = "its ccxt pace is unknown (probe failed): base window"
-            continue
+        name, bucket_s, cost, pages_per_s = bind
         seconds = max(min_seconds, 3 * bucket_s)
         pages = math.ceil(seconds * pages_per_s - 1e-9)
         hours = math.ceil(pages * r.page_size * 24 * tf_ms / (symbols * 86_400_000) - 1e-9)
         start = end - timedelta(hours=hours)
         start = datetime.fromtimestamp(int(start.timestamp() * 1000) // tf_ms * tf_ms / 1000, UTC)
-        pace = (f"{budget} budget {pages_per_s:.2f} pages/s" + (f" ({name}: margin × limit / {bucket_s:g} s / cost {cost:g})"
-                                                                if budget == "published" else f" (ccxt's throttle; binds {name})"))
+        pace = f"published budget {pages_per_s:.2f} pages/s ({name}: margin × limit / {bucket_s:g} s / cost {cost:g})"
         if start < base_start:
             r.start = start
             r.window_note = f"≥ {seconds:g} s at {pace} = {pages} pages of {r.page_size}: widened"
@@ -756,9 +727,9 @@ def main(argv: list[str] | None = None) -> int:
                              "exchanges' published limits × margin (include/config/budgets.yaml)")
     parser.add_argument("--min-seconds", type=float,
                         help="widen (never narrow) each exchange's window back from the same end so that at its "
-                             "pace for the budget it lasts at least max(S, 3 × its binding bucket's window): a run "
-                             "shorter than a few windows measures the burst, not the rate (default 60 with "
-                             "--budget published, 0 = the plain --days window for all with --budget ccxt)")
+                             "published budget it lasts at least max(S, 3 × its binding bucket's window): a run "
+                             "shorter than a few windows measures the burst, not the rate (--budget published "
+                             "only; default 60; 0 = the plain --days window for all)")
     parser.add_argument("--no-compare", action="store_true",
                         help="with --budget published: skip the run at ccxt's pace that it is compared with")
     parser.add_argument("--emulator", choices=("inprocess", "subprocess"), default="subprocess",
@@ -783,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     span_td = timedelta(hours=args.hours) if args.hours is not None else timedelta(days=args.days or 10)
     if span_td <= timedelta(0):
         parser.error("--days/--hours: the window must be longer than zero")
+    if args.min_seconds is not None and args.budget == "ccxt":
+        parser.error("--min-seconds: only with --budget published (the ccxt run keeps one fixed window)")
     if args.min_seconds is None:
         args.min_seconds = 60.0 if args.budget == "published" else 0.0
     if args.min_seconds < 0:
@@ -807,14 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         not_listed = emu.not_listed()
         # every pass backfills the same per-exchange windows, sized for the budget under test (with
         # --budget published the run at ccxt's pace it is compared with does the same work)
-        paces: dict[str, float] = {}
-        if args.min_seconds > 0 and args.budget == "ccxt":
-            probes = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
-            asyncio.run(_gather(*(ccxt_pace(r, emu, cfg, universe, args.symbol_list, args.timeframe, start)
-                                  for r in probes)))
-            paces = {r.exchange: r.bound for r in probes}
         windows = [ExchangeRun(e, page_size=universe.exchanges[e].page_size) for e in exchanges]
-        plan_windows(windows, start, end, min_seconds=args.min_seconds, budget=args.budget, paces=paces,
+        plan_windows(windows, start, end, min_seconds=args.min_seconds,
                      symbols=len(args.symbol_list), timeframe=args.timeframe)
         if window_lines(windows):
             print(f"windows (--min-seconds {args.min_seconds:g}: each lasts at least max({args.min_seconds:g} s, "
