@@ -174,3 +174,13 @@ def emulator():
 
     with EmulatorServer(clock="2024-10-30T00:30:00Z", enforce_limits=False) as server:
         yield server
+
+
+@pytest.fixture
+def no_faults(emulator):
+    """The module's emulator without injected faults before and after the test (a module opts in
+    with `pytestmark = pytest.mark.usefixtures("no_faults")`; its own `emulator` fixture, if any,
+    is the one cleaned)."""
+    emulator.faults.set([])
+    yield
+    emulator.faults.set([])

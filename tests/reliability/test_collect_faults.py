@@ -16,20 +16,13 @@ from candleflow import coverage, lake
 from candleflow.config import CollectConfig, LakeConfig
 from candleflow.ingest import ingest_exchange
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("no_faults")]
 
 EXCHANGES = ["binance", "coinbase", "bybit", "okx", "kraken"]
 START, END = datetime(2024, 10, 25, tzinfo=UTC), datetime(2024, 10, 28, tzinfo=UTC)
 DUE = 72
 CFG = CollectConfig(max_attempts=4, backoff_seconds=0.05, timeout_ms=2000, enable_rate_limit=False,
                     empty_page_retries=2, chunk_days=31)
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 def ingest(emulator, s3, bucket, exchange, symbol="BTC", page_size=24):

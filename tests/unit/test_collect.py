@@ -12,6 +12,8 @@ from candleflow.collect import collect_pair
 from candleflow.config import CollectConfig
 from candleflow.emulator import EmulatorServer
 
+pytestmark = pytest.mark.usefixtures("no_faults")  # conftest: each test starts and ends without faults
+
 UTC = UTC
 FAST = CollectConfig(max_attempts=3, backoff_seconds=0.01)
 QUOTES = {"binance": ["USDT", "USD"], "coinbase": ["USD", "USDT"], "kraken": ["USD", "USDT"],
@@ -22,13 +24,6 @@ QUOTES = {"binance": ["USDT", "USD"], "coinbase": ["USD", "USDT"], "kraken": ["U
 def emulator():
     with EmulatorServer(clock="2024-10-30T00:30:00Z") as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 def collect(emulator, exchange, symbol, start, end, **kw):

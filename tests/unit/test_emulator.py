@@ -11,6 +11,8 @@ import pytest
 
 from candleflow.emulator import EmulatorServer, ccxt_urls
 
+pytestmark = pytest.mark.usefixtures("no_faults")  # conftest: each test starts and ends without faults
+
 CLOCK = "2024-10-30T00:30:00Z"
 OCT20 = 1729382400000  # 2024-10-20T00:00Z
 HOUR = 3_600_000
@@ -20,13 +22,6 @@ HOUR = 3_600_000
 def emulator():
     with EmulatorServer(clock=CLOCK) as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 def client(emulator, exchange_id):

@@ -14,6 +14,8 @@ import pytest
 
 from candleflow.emulator import EmulatorServer
 
+pytestmark = pytest.mark.usefixtures("no_faults")  # conftest: each test starts and ends without faults
+
 CLOCK = "2024-10-30T00:30:00Z"
 SEPT1, OCT1 = 1725148800000, 1727740800000
 BASE = "/binance-archive/data/spot"
@@ -23,13 +25,6 @@ BASE = "/binance-archive/data/spot"
 def emulator():
     with EmulatorServer(clock=CLOCK) as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 def get(emulator, path):

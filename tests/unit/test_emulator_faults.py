@@ -16,6 +16,8 @@ import pytest
 
 from candleflow.emulator import EmulatorServer, ccxt_urls
 
+pytestmark = pytest.mark.usefixtures("no_faults")  # conftest: each test starts and ends without faults
+
 CLOCK = "2024-10-30T00:30:00Z"
 OCT20 = 1729382400000  # 2024-10-20T00:00Z
 HOUR = 3_600_000
@@ -49,13 +51,6 @@ def clients(emulator):
         ex.load_markets()
         out[exchange_id] = ex
     return out
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 def fetch(ex, exchange_id, n=10):

@@ -10,10 +10,12 @@ import urllib.request
 import numpy as np
 import pytest
 
-from candleflow.emulator import EmulatorServer, market_data, render
+from candleflow.emulator import market_data, render
 from candleflow.emulator.market_data import CandleSource
 from candleflow.emulator.server import encode_reply
 from candleflow.emulator.venues import Binance, Bybit, Coinbase, Kraken, Okx
+
+pytestmark = pytest.mark.usefixtures("no_faults")  # conftest: each test starts and ends without faults
 
 CLOCK = "2024-10-30T00:30:00Z"
 OCT1 = 1727740800000
@@ -156,19 +158,6 @@ def requests_for(start: int) -> dict[str, tuple[str, dict]]:
                                                        "after": str(start + 100 * MIN), "before": str(start - 1),
                                                        "limit": "100"}),
     }
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    with EmulatorServer(clock=CLOCK, enforce_limits=False) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 @pytest.fixture

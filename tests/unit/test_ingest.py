@@ -11,15 +11,10 @@ from candleflow.config import CollectConfig, LakeConfig
 from candleflow.emulator import EmulatorServer
 from candleflow.ingest import chunk_window, ingest_exchange
 
+pytestmark = pytest.mark.usefixtures("no_faults")  # conftest: each test starts and ends without faults
+
 FAST = CollectConfig(max_attempts=4, backoff_seconds=0.05, enable_rate_limit=False, chunk_days=3)
 START, END = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 27, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def no_faults(emulator):
-    emulator.faults.set([])
-    yield
-    emulator.faults.set([])
 
 
 def run(emulator, s3, bucket, exchange="binance", symbols=("BTC", "ETH"), **kw):
