@@ -3,13 +3,14 @@
 
 An hourly ingest leaves 24 objects per pair and day (a 1m ingest 1440). Once a day, for the UTC day
 of its **data interval** (and `lookback_days` days before it, for parts that arrived late), one
-mapped `compact` task per exchange merges every `ohlcv/exchange=…/symbol=…/timeframe=…/date=…/`
-partition into `compacted.parquet`, exactly the rows a reader saw (later-named parts win), then
-deletes the parts it merged — each only if it was not rewritten meanwhile. Readers never see a
-candle missing or twice: the merged object is written before any part is deleted, and they
-deduplicate. A part written after compaction still wins (`compacted.parquet` sorts first) and is
-merged the next day. Re-running a run changes nothing: a partition with one object is left alone.
-The gap ledger (`coverage/`) and `quarantine/` are not touched. Details: docs/lake.md.
+mapped `compact` task per exchange merges, in every `ohlcv/exchange=…/symbol=…/timeframe=…/month=…/`
+partition, the objects of the days done into `compacted-<from>_<to>.parquet`: exactly the rows a
+reader saw (later-named parts win). It then deletes what it merged — each only if it was not
+rewritten meanwhile. Readers never see a candle missing, twice or stale: the merged object is
+written before anything is deleted, and they deduplicate. A part written after compaction still
+wins (compacted objects sort first) and is merged the next day. Re-running a run changes nothing:
+a partition with nothing new to merge is left alone. The gap ledger (`coverage/`) and
+`quarantine/` are not touched. Details: docs/lake.md.
 """
 
 from datetime import UTC, datetime

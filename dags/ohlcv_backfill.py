@@ -9,7 +9,7 @@ will cost: requests per exchange and the projected wall time at the exchanges' r
 The window is cut into chunks of whole UTC days (`collect.chunk_days`); each exchange's `ingest`
 task collects, checks and publishes chunk by chunk, logging done/total and an ETA. A chunk the
 gap ledger already shows complete is skipped unless **force** is set, so re-running after a crash
-resumes where it stopped. Keys are deterministic per window and day: re-running the same request
+resumes where it stopped. Keys are deterministic per window and month: re-running the same request
 leaves the lake as one run would.
 
 Leave *exchanges* or *symbols* empty for the whole universe.

@@ -5,7 +5,7 @@ Each run collects exactly its **data interval** (the previous minute) of 1m cand
 it again (late candles), for every symbol of `include/config/universe.yaml` on every exchange —
 one `ingest_<exchange>` task per exchange, in its pool `candleflow_<exchange>`. Each batch is checked
 with the Great Expectations suite and written to the Hive-partitioned parquet lake
-(`ohlcv/exchange=…/symbol=…/timeframe=1m/date=…/`); a bad batch goes to `quarantine/` with its
+(`ohlcv/exchange=…/symbol=…/timeframe=1m/month=…/`); a bad batch goes to `quarantine/` with its
 report and fails that exchange's `verdict` (the other batches still land). Keys are deterministic
 per interval: re-running a run replaces its objects. Every gap is recorded with its reason in the
 gap ledger (`coverage/`), and the coverage heatmap is rebuilt at

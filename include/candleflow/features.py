@@ -511,14 +511,18 @@ def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def _key_within(key: str, first: str, last: str) -> bool:
-    """Whether an object's time partition (lake.TIME_PARTITIONS: date=YYYY-MM-DD, month=YYYY-MM)
-    meets [first, last] (dates); each format is a prefix of the date's."""
-    for part in key.split("/"):
-        name, _, value = part.partition("=")
-        if name in lake.TIME_PARTITIONS:
-            return first[:len(value)] <= value <= last[:len(value)]
-    return True
+def _key_meets(key: str, lo: datetime, hi: datetime) -> bool:
+    """Whether an object can hold rows in [lo, hi): judged by the window its name carries (an
+    ohlcv part or compacted object, lake.object_window), else by its time partition
+    (lake.TIME_PARTITIONS: date=YYYY-MM-DD, month=YYYY-MM), else yes."""
+    window = lake.object_window(key)
+    if window is None:
+        for part in key.split("/"):
+            name, _, value = part.partition("=")
+            if name in lake.TIME_PARTITIONS:
+                window = lake.partition_window(name, value)
+                break
+    return window is None or (window[0] < hi and lo < window[1])
 
 
 def read_funding(s3, bucket: str, cfg: FeaturesConfig, symbol: str, exchanges, start: datetime,
@@ -581,11 +585,9 @@ def build_features(s3, bucket: str, symbol: str, timeframe: str, start: datetime
         window = candles.iloc[int(lo):int(hi)]
         features = compute_features(window, timeframe=timeframe, cfg=cfg, funding=funding, fear_greed=fear_greed)
         features = features[(features["ts"] >= day) & (features["ts"] < day + DAY)]
-        first, last = (day - warmup).strftime("%Y-%m-%d"), (day + DAY + horizon - timedelta(milliseconds=1)).strftime("%Y-%m-%d")
-        first_day = day.strftime("%Y-%m-%d")
         # only the objects this day's rows can depend on, so the list does not depend on batching either
-        sources = sorted(k for k in keys if _key_within(k, first, last))
-        sources += sorted(k for k in funding_keys if _key_within(k, (day - DAY).strftime("%Y-%m-%d"), first_day))
+        sources = sorted(k for k in keys if _key_meets(k, day - warmup, day + DAY + horizon))
+        sources += sorted(k for k in funding_keys if _key_meets(k, day - DAY, day + DAY))
         if fear_greed_source:
             sources.append(fear_greed_source)
         written = lake.write_partition(

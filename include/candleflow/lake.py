@@ -2,21 +2,27 @@
 
 Layout (see docs/lake.md):
 
-    s3://<bucket>/ohlcv/exchange=<ex>/symbol=<SYM>/timeframe=<tf>/date=<YYYY-MM-DD>/part-<from>_<to>.parquet
-                                                                              .../compacted.parquet
+    s3://<bucket>/ohlcv/exchange=<ex>/symbol=<SYM>/timeframe=<tf>/month=<YYYY-MM>/part-<from>_<to>.parquet
+                                                                               .../compacted-<from>_<to>.parquet
     s3://<bucket>/quarantine/exchange=…/symbol=…/timeframe=…/window=<from>_<to>/candles.parquet + report.json
 
+Candles are partitioned by UTC month, not day: a backfill chunk (a whole month, `collect.chunk_days`
+stops at month starts) is one object per pair, ~43,000 rows for 1m, instead of 31 small ones. Few,
+larger objects are what S3 readers (Athena, DuckDB, pyarrow) and writers pay least for: a PUT or
+a GET costs the same for 50 kB as for 1.5 MB.
+
 An object's key is a pure function of the data interval it holds (`<from>_<to>` is the part of the
-run's window that falls on that date), and its bytes are a pure function of its candles, so a
+run's window that falls in that month), and its bytes are a pure function of its candles, so a
 re-run of any run or backfill overwrites the same keys with the same bytes: replace, never
-duplicate. A date of the window that has no candles any more has its object deleted, so the lake
+duplicate. A month of the window that has no candles any more has its object deleted, so the lake
 after a re-run is exactly what one run leaves. Each object is one S3 PUT, which S3 makes visible
 atomically: no reader sees half an object. Readers deduplicate (exchange, symbol, timeframe, ts)
-where an hourly object and a daily one overlap, keeping the later-named part; the daily
-compaction (`candleflow.compaction`) merges a day's parts into `compacted.parquet`, which sorts
-before every part. Every table (`TableSpec`: ohlcv here, the others in the modules that own them)
-is read through `read_table`, which casts old objects to the current schema (docs/lake.md,
-"Schema evolution rule").
+where objects overlap, keeping the later-named one; the daily compaction (`candleflow.compaction`)
+merges the parts of the finished days into `compacted-<from>_<to>.parquet`, which sorts before
+every part. An object's `<from>_<to>` bounds its rows, so a read of [start, end) skips the objects
+of its partitions that lie outside (a scheduled run reads its last few parts, not the month).
+Every table (`TableSpec`: ohlcv here, the others in the modules that own them) is read through
+`read_table`, which casts old objects to the current schema (docs/lake.md, "Schema evolution rule").
 
 All functions take a boto3 S3 client (from the Airflow S3Hook in tasks, or a plain client), so the
 module runs the same with or without Airflow.
@@ -45,10 +51,12 @@ OHLCV_SCHEMA = pa.schema([
     pa.field("volume", pa.float64()),
     pa.field("market", pa.string()),   # the exchange's market symbol, e.g. BTC/USDT or BTC/USD
 ])
-PARTITION_KEYS = ("exchange", "symbol", "timeframe", "date")
+PARTITION_KEYS = ("exchange", "symbol", "timeframe", "month")
 PUT_CONCURRENCY = 8
 QUARANTINE_PREFIX = "quarantine"
 _STAMP = "%Y%m%dT%H%M%SZ"
+# the names whose <from>_<to> bounds the object's rows: a writer's part, a compaction's merge
+_WINDOW_NAME = re.compile(r"(?:part|compacted)-(\d{8}T\d{6}Z)_(\d{8}T\d{6}Z)\.parquet")
 
 
 @dataclass(frozen=True)
@@ -63,14 +71,24 @@ def _stamp(dt: datetime) -> str:
 
 
 def part_name(lo: datetime, hi: datetime) -> str:
-    """The object name of the candles of [lo, hi) within one date partition. Names sort by window
+    """The object name of the candles of [lo, hi) within one time partition. Names sort by window
     start, then end: the reader's "later-named object wins" rule (and compaction's) rests on it."""
     return f"part-{_stamp(lo)}_{_stamp(hi)}.parquet"
 
 
-def partition_prefix(prefix: str, exchange: str, symbol: str, timeframe: str, date: str | None = None) -> str:
+def object_window(name: str) -> tuple[datetime, datetime] | None:
+    """[from, to) of a `part-<from>_<to>.parquet` or `compacted-<from>_<to>.parquet` object name
+    (every row of it lies within), or None for a name that carries no window."""
+    match = _WINDOW_NAME.fullmatch(name.rsplit("/", 1)[-1])
+    if not match:
+        return None
+    lo, hi = (datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC) for stamp in match.groups())
+    return lo, hi
+
+
+def partition_prefix(prefix: str, exchange: str, symbol: str, timeframe: str, month: str | None = None) -> str:
     path = f"{prefix}/exchange={exchange}/symbol={symbol}/timeframe={timeframe}/"
-    return path + (f"date={date}/" if date else "")
+    return path + (f"month={month}/" if month else "")
 
 
 def to_table(candles: pd.DataFrame, market: str | None) -> pa.Table:
@@ -94,17 +112,36 @@ def _delete_if_exists(s3, bucket: str, key: str) -> None:
     s3.delete_object(Bucket=bucket, Key=key)  # S3 deletes are idempotent
 
 
-def _days(window_start: datetime, window_end: datetime):
-    day = datetime(window_start.year, window_start.month, window_start.day, tzinfo=UTC)
-    while day < window_end:
-        yield day, max(day, window_start), min(day + timedelta(days=1), window_end)
-        day += timedelta(days=1)
+def _period_start(dt: datetime, partition: str) -> datetime:
+    dt = dt.astimezone(UTC)
+    return datetime(dt.year, dt.month, 1 if partition == "month" else dt.day, tzinfo=UTC)
+
+
+def _period_end(start: datetime, partition: str) -> datetime:
+    if partition == "month":
+        return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
+    return start + timedelta(days=1)
+
+
+def partition_window(partition: str, value: str) -> tuple[datetime, datetime]:
+    """[start, end) of a time partition's value: ("month", "2024-10") → Oct 1 → Nov 1 (UTC)."""
+    start = datetime.strptime(value, TIME_PARTITIONS[partition]).replace(tzinfo=UTC)
+    return start, _period_end(start, partition)
+
+
+def time_slices(window_start: datetime, window_end: datetime, partition: str = "month"):
+    """(partition value, lo, hi) for each time partition (`month` or `date`) [start, end) touches."""
+    period = _period_start(window_start, partition)
+    while period < window_end:
+        following = _period_end(period, partition)
+        yield period.strftime(TIME_PARTITIONS[partition]), max(period, window_start), min(following, window_end)
+        period = following
 
 
 def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol: str, timeframe: str,
                 market: str | None, window_start: datetime, window_end: datetime,
                 prefix: str = "ohlcv") -> list[WrittenObject]:
-    """Write the batch of [window_start, window_end) as one object per UTC date of the window."""
+    """Write the batch of [window_start, window_end) as one object per UTC month of the window."""
     if candles["ts"].duplicated().any():
         raise ValueError("candles: duplicate timestamps; validate the batch before writing it to the lake")
     ts = pd.to_datetime(candles["ts"], utc=True)
@@ -112,12 +149,12 @@ def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol
     if outside.any():
         raise ValueError(f"candles: {int(outside.sum())} candle(s) outside the window "
                          f"{window_start.isoformat()} → {window_end.isoformat()}")
-    # Sort once, convert once, then slice each date by binary search (not a full mask per date).
+    # Sort once, convert once, then slice each month by binary search (not a full mask per month).
     table = to_table(candles, market)
     times = table.column("ts").to_numpy().astype("datetime64[ms]").astype("int64")
     jobs = []
-    for day, lo, hi in _days(window_start, window_end):
-        key = partition_prefix(prefix, exchange, symbol, timeframe, day.strftime("%Y-%m-%d")) + part_name(lo, hi)
+    for month, lo, hi in time_slices(window_start, window_end, "month"):
+        key = partition_prefix(prefix, exchange, symbol, timeframe, month) + part_name(lo, hi)
         a, b = np.searchsorted(times, [_ms(lo), _ms(hi)])
         jobs.append((key, table.slice(int(a), int(b - a))))
 
@@ -328,7 +365,8 @@ def _get(s3, bucket: str, key: str) -> pa.Table:
 def _partition_keys_matching(spec: TableSpec, keys, filters: dict[str, str], start: datetime | None,
                              end: datetime | None) -> list[tuple[str, dict[str, str]]]:
     """(key, partition values) of the table's data objects that the filters and [start, end) can
-    touch, in key order, judged from the key alone."""
+    touch, in key order, judged from the key alone: its partition values, then the window its name
+    carries (`object_window`; a name without one is always read)."""
     pattern = re.compile("".join(f"{k}=(?P<{k}>[^/]+)/" for k in spec.partition_keys) + r"[^/]+\.parquet$")
     bounds = {name: _time_bounds(start, end, fmt) for name, fmt in TIME_PARTITIONS.items()
               if name in spec.partition_keys}
@@ -344,6 +382,9 @@ def _partition_keys_matching(spec: TableSpec, keys, filters: dict[str, str], sta
             continue
         if any((first and values[name] < first) or (last and values[name] > last)
                for name, (first, last) in bounds.items()):
+            continue
+        window = object_window(key) if start is not None or end is not None else None
+        if window and ((start is not None and window[1] <= start) or (end is not None and window[0] >= end)):
             continue
         out.append((key, values))
     return out
@@ -371,7 +412,7 @@ def _listing(spec: TableSpec, filters: dict[str, str], start: datetime | None, e
     partition level is a time partition, only its keys within [start, end). A pair's ohlcv folder
     also holds every batch's `_quality/` result (one per chunk, never compacted) and its whole
     history: listing from the first wanted date, stopping after the last, keeps a scheduled read
-    at a few keys however old the pair is (`_quality/` sorts before `date=`)."""
+    at a few keys however old the pair is (`_quality/` sorts before `month=`)."""
     prefix = listing_prefix(spec, **filters)
     level = next((i for i, k in enumerate(spec.partition_keys) if not filters.get(k)), len(spec.partition_keys))
     if level == len(spec.partition_keys) or spec.partition_keys[level] not in TIME_PARTITIONS:
@@ -425,7 +466,7 @@ def read_table(s3, bucket: str, table: str | TableSpec, *, start: datetime | Non
     schema = pa.schema([pa.field(k, pa.string()) for k in spec.partition_keys] + list(spec.schema))
     out = pa.concat_tables(pieces) if pieces else schema.empty_table()
     # keys were read in sorted order: the later-named object wins a duplicate (a later window start
-    # beats an earlier one; a compacted day sorts before every part of its day)
+    # beats an earlier one; a compacted object sorts before every part of its partition)
     out = _dedup_sorted(out, (*spec.partition_keys, *spec.unique_keys), (*spec.partition_keys, *spec.sort_keys))
     out = out if as_arrow else out.to_pandas()
     return (out, used, metadata) if with_metadata else (out, used)
@@ -476,7 +517,7 @@ def read_with_sources(s3, bucket: str, table: str = "ohlcv", *, exchange: str | 
     training snapshot records them). Columns: exchange, symbol, timeframe, then OHLCV_SCHEMA."""
     frame, used = read_table(s3, bucket, ohlcv_spec(table), start=start, end=end, exchange=exchange,
                              symbol=symbol, timeframe=timeframe)
-    return frame.drop(columns="date").reset_index(drop=True), used
+    return frame.drop(columns="month").reset_index(drop=True), used
 
 
 def read(s3, bucket: str, table: str | TableSpec = "ohlcv", *, as_arrow: bool = False, **filters):

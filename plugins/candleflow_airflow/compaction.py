@@ -1,6 +1,6 @@
 """The `lake_compaction` task graph: plan the finished days of the run's data interval, then one
-mapped `compact` task per exchange merges each (symbol, timeframe, date) partition's parts into one
-object (candleflow.compaction). XCom carries counts only."""
+mapped `compact` task per exchange merges, in each (symbol, timeframe, month) partition, the parts of
+those days into one object (candleflow.compaction). XCom carries counts only."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def compact(request: dict) -> dict:
     spec = lake.ohlcv_spec(cfg.lake.ohlcv_prefix)
     totals = {"exchange": request["exchange"], "dates": request["dates"], "partitions": 0, "compacted": 0,
               "objects_merged": 0, "parts_kept": 0, "rows": 0}
-    for date in request["dates"]:
+    # newest day first: its merge takes the earlier days of the same month too, which then have
+    # nothing left to merge (one rewrite of the month's compacted object, not one per day)
+    for date in sorted(request["dates"], reverse=True):
         for result in compaction.compact_day(s3, cfg.lake.bucket, spec, date, exchange=request["exchange"]):
             totals["partitions"] += 1
             if result.status == "compacted":

@@ -120,7 +120,7 @@ def ingest(requests: list[dict], exchange: str) -> dict:
         raise RuntimeError(f"{exchange}: {len(failed)} chunk(s) failed after retries: {details}")
     summary = report.to_json()
     for chunk_outcome in summary["chunks"]:
-        # XCom carries counts, not the object keys (years of daily objects would bloat the metadata DB)
+        # XCom carries counts, not the object keys (years of objects would bloat the metadata DB)
         chunk_outcome["objects"] = len(chunk_outcome.pop("keys"))
     return summary
 

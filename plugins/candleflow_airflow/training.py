@@ -156,7 +156,7 @@ def prepare_dataset(request: dict) -> dict:
             raise AirflowSkipException(f"no {request['symbol']} {request['timeframe']} candles in the lake between "
                                        f"{request['start']} and {request['end']}")
         channel = write_training_channel(s3, cfg.lake.bucket, prefix, rows, sources)
-        levels = ("exchange", "symbol", "timeframe", "date")
+        levels = ("exchange", "symbol", "timeframe", "month")
     exchanges = sorted(rows["exchange"].unique().tolist())
     ledger = [entry for exchange in exchanges
               for entry in coverage.read_entries(s3, cfg.lake.bucket, exchange=exchange, symbol=request["symbol"],

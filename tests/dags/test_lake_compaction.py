@@ -57,11 +57,11 @@ def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db,
     for path, names in by_partition.items():
         if path.startswith("coverage/"):
             assert names == ["w.json"]
-        elif path.endswith("date=2024-10-21"):
-            assert len(names) == 3 and all(n.startswith("part-") for n in names), path  # not finished: left alone
         else:
-            assert names == ["compacted.parquet"], path  # 10-20 and the lookback day 10-19
-    assert len(by_partition) == 3 * 3 + 1
+            # 10-19 (the lookback day) and 10-20 in one object; 10-21 is not finished: left alone
+            assert names[0] == "compacted-20241019T000000Z_20241021T000000Z.parquet", path
+            assert len(names) == 4 and all(n.startswith("part-20241021T") for n in names[1:]), path
+    assert len(by_partition) == 3 + 1
     after = lake.read(s3_client, bucket, timeframe="1h")
     pd.testing.assert_frame_equal(after, before)
     assert np.array_equal(after.groupby(["exchange", "symbol"]).size().to_numpy(), [51, 51, 51])

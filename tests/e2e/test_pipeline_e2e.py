@@ -117,8 +117,9 @@ def test_backfill_lands_every_good_pair_and_quarantines_the_bad_one(backfill, la
             if (exchange, symbol) == ("kraken", "ETH"):
                 assert pair_keys == [] and results == []
             else:
-                assert len(pair_keys) == DAYS, (exchange, symbol, pair_keys)
-                assert all("/timeframe=1h/date=2024-10-" in k and k.endswith(".parquet") for k in pair_keys)
+                # the ten days are one chunk (chunk_days 31, within October): one object per pair
+                assert pair_keys == [f"ohlcv/exchange={exchange}/symbol={symbol}/timeframe=1h/month=2024-10/"
+                                     "part-20241020T000000Z_20241030T000000Z.parquet"], (exchange, symbol, pair_keys)
                 assert results and all(k.endswith(".json") for k in results), (exchange, symbol, results)
 
     frame = lake_mod.read(*lake, timeframe="1h", start=datetime(2024, 10, 20, tzinfo=UTC),

@@ -19,7 +19,7 @@ import pytest
 from candleflow import compaction, lake
 
 DAY = datetime(2024, 10, 20, tzinfo=UTC)
-PREFIX = "ohlcv/exchange=binance/symbol=BTC/timeframe={tf}/date=2024-10-20/"
+PREFIX = "ohlcv/exchange=binance/symbol=BTC/timeframe={tf}/month=2024-10/"
 NOW = datetime(2024, 10, 21, 1, tzinfo=UTC)
 
 
@@ -58,7 +58,7 @@ def test_compaction_merges_a_day_into_one_object_holding_exactly_what_readers_sa
     [result] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-20", now=NOW, exchange="binance")
     assert result.status == "compacted" and result.merged == 25 and result.rows == 24 and result.kept == []
     listing = lake.list_objects(s3_client, bucket, PREFIX.format(tf="1h"))
-    assert list(listing) == [PREFIX.format(tf="1h") + "compacted.parquet"]
+    assert list(listing) == [PREFIX.format(tf="1h") + "compacted-20241020T000000Z_20241021T000000Z.parquet"]
     after = read_day(s3_client, bucket)
     pd.testing.assert_frame_equal(after, before)
     assert after.loc[after.ts == pd.Timestamp(DAY + timedelta(hours=5)), "close"].item() == 555.0
@@ -176,7 +176,9 @@ def test_only_the_asked_partitions_and_finished_days_are_compacted(s3_client, bu
     assert sorted(r.prefix for r in results) == [PREFIX.format(tf="1h"), PREFIX.format(tf="1h").replace("BTC", "ETH")]
     listing = lake.list_objects(s3_client, bucket, "ohlcv/")
     assert {k: v for k, v in listing.items() if "exchange=okx" in k} == untouched
-    assert sum("date=2024-10-21" in k for k in listing) == 1
+    # the unfinished day's part shares BTC's month partition: it waits, untouched, for its own day
+    assert [r.waiting for r in sorted(results, key=lambda r: r.prefix)] == [1, 0]
+    assert sum("/part-20241021T000000Z_20241021T020000Z.parquet" in k for k in listing) == 1
 
 
 def test_any_date_partitioned_table_compacts_and_a_misnamed_part_is_refused(s3_client, bucket):
@@ -192,11 +194,11 @@ def test_any_date_partitioned_table_compacts_and_a_misnamed_part_is_refused(s3_c
     assert result.status == "compacted" and result.rows == 4
     assert lake.read(s3_client, bucket, spec)["passed"].tolist() == [True, True, True, True]
     lake.write_partition(s3_client, bucket, spec, frame, partition=part, object_name="a-first.parquet")
-    with pytest.raises(ValueError, match=re.escape("object(s) ['a-first.parquet'] sort before 'compacted.parquet'")):
+    with pytest.raises(ValueError, match=re.escape("object(s) ['a-first.parquet'] sort before compacted-")):
         compaction.compact_partition(s3_client, bucket, spec, part)
-    month = lake.TableSpec("monthly_test", spec.schema, ("exchange", "month"), ("ts",))
-    with pytest.raises(ValueError, match="not by date"):
-        compaction.partitions_on(s3_client, bucket, month, "2024-10-20")
+    timeless = lake.TableSpec("timeless_test", spec.schema, ("exchange",), ("ts",))
+    with pytest.raises(ValueError, match="not by date or month"):
+        compaction.partitions_on(s3_client, bucket, timeless, "2024-10-20")
 
 
 def test_compact_day_lists_each_partition_once(s3_client, bucket):
@@ -213,5 +215,77 @@ def test_compact_day_lists_each_partition_once(s3_client, bucket):
     finally:
         s3_client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", count)
     assert [r.status for r in results] == ["compacted", "compacted"]
-    day_listings = sorted(p for p in listed if "date=" in p)
+    day_listings = sorted(p for p in listed if "month=" in p)
     assert day_listings == [PREFIX.format(tf="1h"), PREFIX.format(tf="1h").replace("BTC", "ETH")]
+
+
+def test_a_month_partition_takes_each_finished_day_into_one_growing_object(s3_client, bucket):
+    """Day after day the month's compacted object absorbs the finished day's parts; parts of a day
+    not finished (or a window reaching past the day) wait, and keep outranking the merge."""
+    nxt = DAY + timedelta(days=1)
+    hourly_day(s3_client, bucket)
+    for h in range(3):   # the next day's first hours
+        lo = nxt + timedelta(hours=h)
+        write(s3_client, bucket, candles(lo, 1, price=300.0 + h), lo, lo + timedelta(hours=1))
+    [first] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-20", now=NOW + timedelta(days=2))
+    assert (first.status, first.merged, first.waiting, first.rows) == ("compacted", 24, 3, 24)
+    assert first.key.endswith("compacted-20241020T000000Z_20241021T000000Z.parquet")
+    # a backfill part reaching into the 23rd: it waits for that day, and so does every part after it
+    late = nxt + timedelta(hours=20)
+    write(s3_client, bucket, candles(late, 10, price=-5.0), late, late + timedelta(hours=10))
+    for h in range(3, 24):
+        lo = nxt + timedelta(hours=h)
+        write(s3_client, bucket, candles(lo, 1, price=300.0 + h), lo, lo + timedelta(hours=1))
+    seen = lake.read(s3_client, bucket, exchange="binance", timeframe="1h")
+    [second] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-21", now=NOW + timedelta(days=2))
+    # the old compacted object and hours 00:00-20:00 (the hourly 20:00 sorts before the longer window
+    # of the same start); the window to 06:00 on the 22nd stops the merge, hours 21-23 wait behind it
+    assert (second.status, second.merged, second.waiting) == ("compacted", 22, 4)
+    assert second.key.endswith("compacted-20241020T000000Z_20241021T210000Z.parquet")
+    assert first.key in second.deleted
+    pd.testing.assert_frame_equal(lake.read(s3_client, bucket, exchange="binance", timeframe="1h"), seen)
+    [third] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-22", now=NOW + timedelta(days=2))
+    assert (third.status, third.merged, third.waiting) == ("compacted", 5, 0)
+    assert list(lake.list_objects(s3_client, bucket, PREFIX.format(tf="1h"))) == [third.key]
+    assert third.key.endswith("compacted-20241020T000000Z_20241022T060000Z.parquet")
+    pd.testing.assert_frame_equal(lake.read(s3_client, bucket, exchange="binance", timeframe="1h"), seen)
+    [again] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-22", now=NOW + timedelta(days=2))
+    assert again.status == "single"
+
+
+def test_no_reader_sees_a_revised_candle_revert_while_parts_are_deleted(s3_client, bucket, moto_server):
+    """Each hourly run re-fetches the hour before (a revised close). Deleting the part holding the
+    revision while the part holding the first print is still there would show the first print: a
+    reader checks the day after every delete, while the lowest part's delete is slow."""
+    for h in range(24):
+        lo = DAY + timedelta(hours=max(h - 1, 0))
+        frame = candles(lo, 2 if h else 1, price=1000.0 + 10 * h)
+        if h:
+            frame.loc[0, ["open", "high", "low", "close"]] += 0.25   # the revision of the hour before
+        write(s3_client, bucket, frame, lo, DAY + timedelta(hours=h + 1))
+    expected = read_day(s3_client, bucket)
+    assert len(expected) == 24 and expected["close"].iloc[0] == 1010.25
+    reader = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    compactor = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    lowest = PREFIX.format(tf="1h") + "part-20241020T000000Z_20241020T010000Z.parquet"
+    wrong = []
+
+    def slow_lowest(params, **_):
+        if params["Key"] == lowest:
+            import time
+
+            time.sleep(0.5)
+
+    def check(**_):
+        seen = read_day(reader, bucket)
+        if not seen.equals(expected):
+            wrong.append(seen.loc[seen["close"] != expected["close"], ["ts", "close"]])
+
+    compactor.meta.events.register("before-parameter-build.s3.DeleteObject", slow_lowest)
+    compactor.meta.events.register("after-call.s3.DeleteObject", check)
+    [result] = compaction.compact_day(compactor, bucket, "ohlcv", "2024-10-20", now=NOW)
+    assert result.status == "compacted" and len(result.deleted) == 24
+    assert wrong == []
+    pd.testing.assert_frame_equal(read_day(s3_client, bucket), expected)

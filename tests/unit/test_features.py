@@ -335,13 +335,14 @@ def test_fear_greed_url_follows_exchange_mode(cfg):
 
 # -- the lake: partitions, sources, re-runs, training frame --------------------------------------------
 def _seed_lake(s3, bucket, candles: pd.DataFrame, symbol="BTC", prefix="ohlcv") -> None:
+    """The candles as daily ingest runs write them: one object per exchange and day."""
     from candleflow import lake
 
-    for ex, one in candles.groupby("exchange"):
-        start = one["ts"].min().to_pydatetime()
-        end = one["ts"].max().to_pydatetime() + timedelta(hours=1)
+    for (ex, day), one in candles.groupby(["exchange", candles["ts"].dt.floor("D")]):
+        start = day.to_pydatetime()
         lake.write_batch(s3, bucket, one.drop(columns=["exchange"]), exchange=ex, symbol=symbol, timeframe="1h",
-                         market=f"{symbol}/USDT", window_start=start, window_end=end, prefix=prefix)
+                         market=f"{symbol}/USDT", window_start=start, window_end=start + timedelta(days=1),
+                         prefix=prefix)
 
 
 def test_build_writes_daily_partitions_with_sources_identically_however_batched(s3_client, bucket, cfg):
@@ -359,9 +360,10 @@ def test_build_writes_daily_partitions_with_sources_identically_however_batched(
     key = "features/symbol=BTC/timeframe=1h/date=2024-08-05/part-00000.parquet"
     assert done[0]["key"] == key
     sources = F.object_sources(s3_client, bucket, key)
-    # the warm-up days before, the day itself and the next (the labels' horizon), every exchange
-    dates = sorted({k.split("date=")[1][:10] for k in sources if k.startswith("ohlcv/")})
-    assert dates == ["2024-08-02", "2024-08-03", "2024-08-04", "2024-08-05", "2024-08-06"]
+    # the warm-up days before, the day itself and the next (the labels' horizon), every exchange:
+    # the objects of the other days (the same month partition) are not read
+    dates = sorted({k.split("part-")[1][:8] for k in sources if k.startswith("ohlcv/")})
+    assert dates == ["20240802", "20240803", "20240804", "20240805", "20240806"]
     assert {k.split("/")[1] for k in sources if k.startswith("ohlcv/")} == {f"exchange={e}" for e in EXCHANGES}
     assert sources[-1] == "fear_greed:test"
     first = lake.list_objects(s3_client, bucket, "features/")
@@ -401,7 +403,7 @@ def test_a_day_without_candles_leaves_no_object(s3_client, bucket, cfg):
     F.build_features(s3_client, bucket, "BTC", "1h", day, day + timedelta(days=1), exchanges=list(EXCHANGES), cfg=cfg)
     assert len(lake.list_objects(s3_client, bucket, "features/")) == 1
     for key in lake.list_objects(s3_client, bucket, "ohlcv/"):
-        if "date=2024-08-02" in key:
+        if "/part-20240802T000000Z_" in key:   # the day's object of each exchange
             s3_client.delete_object(Bucket=bucket, Key=key)
     done = F.build_features(s3_client, bucket, "BTC", "1h", day, day + timedelta(days=1), exchanges=list(EXCHANGES),
                             cfg=cfg)

@@ -28,15 +28,15 @@ def write(s3, bucket, frame, start, end, exchange="binance", symbol="BTC"):
                             window_start=start, window_end=end)
 
 
-def test_a_window_is_written_as_one_object_per_date_under_deterministic_keys(s3_client, bucket):
-    start, end = datetime(2024, 10, 20, 12, tzinfo=UTC), datetime(2024, 10, 22, 6, tzinfo=UTC)
-    written = write(s3_client, bucket, candles(start, 42), start, end)
+def test_a_window_is_written_as_one_object_per_month_under_deterministic_keys(s3_client, bucket):
+    start, end = datetime(2024, 11, 29, 12, tzinfo=UTC), datetime(2025, 1, 1, 6, tzinfo=UTC)
+    written = write(s3_client, bucket, candles(start, 24 * 32 + 18), start, end)
     assert [o.key for o in written] == [
-        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-20/part-20241020T120000Z_20241021T000000Z.parquet",
-        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-21/part-20241021T000000Z_20241022T000000Z.parquet",
-        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-22/part-20241022T000000Z_20241022T060000Z.parquet",
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/month=2024-11/part-20241129T120000Z_20241201T000000Z.parquet",
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/month=2024-12/part-20241201T000000Z_20250101T000000Z.parquet",
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/month=2025-01/part-20250101T000000Z_20250101T060000Z.parquet",
     ]
-    assert [o.rows for o in written] == [12, 24, 6]
+    assert [o.rows for o in written] == [36, 24 * 31, 6]
     table = pq.read_table(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=written[0].key)["Body"].read()))
     assert table.schema.equals(lake.OHLCV_SCHEMA, check_metadata=False)
     assert str(table.schema.field("ts").type) == "timestamp[ms, tz=UTC]"
@@ -44,14 +44,14 @@ def test_a_window_is_written_as_one_object_per_date_under_deterministic_keys(s3_
     assert meta.row_group(0).column(1).compression == "ZSTD"
 
 
-def test_rewriting_a_window_leaves_identical_objects_and_drops_emptied_dates(s3_client, bucket):
-    start, end = datetime(2024, 10, 20, tzinfo=UTC), datetime(2024, 10, 22, tzinfo=UTC)
+def test_rewriting_a_window_leaves_identical_objects_and_drops_emptied_months(s3_client, bucket):
+    start, end = datetime(2024, 10, 31, tzinfo=UTC), datetime(2024, 11, 2, tzinfo=UTC)
     frame = candles(start, 48)
     write(s3_client, bucket, frame, start, end)
     first = lake.list_objects(s3_client, bucket, "ohlcv/")
     write(s3_client, bucket, frame.sample(frac=1.0, random_state=3), start, end)  # same data, any order
     assert lake.list_objects(s3_client, bucket, "ohlcv/") == first
-    # the exchange now returns nothing for the second day: its object must not linger
+    # the exchange now returns nothing for November: its object must not linger
     write(s3_client, bucket, frame.iloc[:24], start, end)
     after = lake.list_objects(s3_client, bucket, "ohlcv/")
     assert len(first) == 2 and list(after) == [next(iter(first))]
@@ -71,7 +71,7 @@ def test_read_prunes_filters_deduplicates_and_sorts(s3_client, bucket):
     day = datetime(2024, 10, 20, tzinfo=UTC)
     write(s3_client, bucket, candles(day, 48), day, day + timedelta(days=2))
     write(s3_client, bucket, candles(day, 48, price=200), day, day + timedelta(days=2), exchange="okx")
-    # an hourly run rewrote 10:00 with a corrected candle: it overlaps the daily object
+    # an hourly run rewrote 10:00 with a corrected candle: it overlaps the backfill's object
     hour = day + timedelta(hours=10)
     write(s3_client, bucket, candles(hour, 1, price=999), hour, hour + timedelta(hours=1))
     frame, sources = lake.read_with_sources(s3_client, bucket, timeframe="1h", start=day + timedelta(hours=6),
@@ -82,7 +82,7 @@ def test_read_prunes_filters_deduplicates_and_sorts(s3_client, bucket):
     assert not frame.duplicated(["exchange", "symbol", "timeframe", "ts"]).any()
     assert frame.loc[(frame.exchange == "binance") & (frame.ts == pd.Timestamp(hour)), "close"].item() == 999
     assert frame.groupby("exchange")["ts"].apply(lambda s: s.is_monotonic_increasing).all()
-    assert len(sources) == 5
+    assert len(sources) == 3   # one month object per exchange, plus the hourly one
     only = lake.read(s3_client, bucket, exchange="okx", symbol="BTC", timeframe="1h", start=day, end=day + timedelta(hours=2))
     assert list(only["close"]) == [200.0, 201.0]
     assert lake.read(s3_client, bucket, symbol="ETH").empty
@@ -105,14 +105,14 @@ def test_quarantine_keeps_the_batch_as_collected_and_its_report(s3_client, bucke
 
 
 def test_read_returns_the_same_rows_as_pandas_or_arrow_with_partition_columns(s3_client, bucket):
-    day = datetime(2024, 10, 20, tzinfo=UTC)
+    day = datetime(2024, 10, 31, tzinfo=UTC)
     write(s3_client, bucket, candles(day, 30), day, day + timedelta(hours=30))
     frame = lake.read(s3_client, bucket, "ohlcv", exchange="binance", symbol="BTC", timeframe="1h",
                       start=day + timedelta(hours=20), end=day + timedelta(hours=26))
     arrow = lake.read(s3_client, bucket, "ohlcv", as_arrow=True, exchange="binance", symbol="BTC", timeframe="1h",
                       start=day + timedelta(hours=20), end=day + timedelta(hours=26))
-    assert frame.columns.tolist() == arrow.column_names == ["exchange", "symbol", "timeframe", "date", *lake.OHLCV_SCHEMA.names]
-    assert frame["date"].tolist() == ["2024-10-20"] * 4 + ["2024-10-21"] * 2
+    assert frame.columns.tolist() == arrow.column_names == ["exchange", "symbol", "timeframe", "month", *lake.OHLCV_SCHEMA.names]
+    assert frame["month"].tolist() == ["2024-10"] * 4 + ["2024-11"] * 2
     pd.testing.assert_frame_equal(arrow.to_pandas(), frame)
     assert str(frame["ts"].dtype) == "datetime64[ms, UTC]"
 
@@ -136,8 +136,8 @@ def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(
     # a compacted day with a part written after compaction: the query must rank them as lake.read does
     from candleflow import compaction
 
-    [done] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-03", exchange="binance")
-    assert done.status == "compacted"
+    [done] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-31", exchange="binance")
+    assert done.status == "compacted" and done.merged == 3
     late = datetime(2024, 10, 3, 7, tzinfo=UTC)
     write(s3_client, bucket, candles(late, 1, price=-3.0), late, late + timedelta(hours=1))
     code = block.replace('"127.0.0.1:5000"', repr(moto_server.removeprefix("http://"))).replace(
@@ -153,15 +153,15 @@ def test_the_duckdb_query_in_docs_lake_md_runs_against_s3_and_matches_lake_read(
     pd.testing.assert_frame_equal(got, expected)
 
 
-def test_a_time_bounded_read_lists_only_the_dates_it_needs(s3_client, bucket):
-    """A pair's folder holds its whole history and one `_quality/` result per batch: a read of two
-    days lists from the first wanted date and stops paging after the last."""
-    start = datetime(2024, 10, 10, tzinfo=UTC)
-    write(s3_client, bucket, candles(start, 24 * 10), start, start + timedelta(days=10))
+def test_a_time_bounded_read_lists_only_the_months_it_needs(s3_client, bucket):
+    """A pair's folder holds its whole history and one `_quality/` result per batch: a read across
+    a month's end lists from the first wanted month and stops paging after the last."""
+    start, end = datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)
+    write(s3_client, bucket, candles(start, int((end - start) / timedelta(hours=1))), start, end)
     base = "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/"
     for i in range(10):
         s3_client.put_object(Bucket=bucket, Key=f"{base}_quality/{i:02d}.json", Body=b"{}")
-    lo, hi = datetime(2024, 10, 17, 6, tzinfo=UTC), datetime(2024, 10, 18, 2, tzinfo=UTC)
+    lo, hi = datetime(2024, 9, 30, 6, tzinfo=UTC), datetime(2024, 10, 1, 2, tzinfo=UTC)
     whole = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h")
     requests = []
 
@@ -175,17 +175,51 @@ def test_a_time_bounded_read_lists_only_the_dates_it_needs(s3_client, bucket):
                                       start=lo, end=hi)
     finally:
         s3_client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", one_key_per_page)
-    assert [k.split("/")[4] for k in keys] == ["date=2024-10-17", "date=2024-10-18"]
+    assert [k.split("/")[4] for k in keys] == ["month=2024-09", "month=2024-10"]
     expected = whole[(whole["ts"] >= lo) & (whole["ts"] < hi)].reset_index(drop=True)
     pd.testing.assert_frame_equal(frame, expected)
-    # 10-17, 10-18 and the first key past the last date (which ends the paging); not 20 keys
-    assert len(requests) == 3 and requests[0] == base + "date=2024-10-17"
+    # 2024-09, 2024-10 and the first key past the last month (which ends the paging); not 15 keys
+    assert len(requests) == 3 and requests[0] == base + "month=2024-09"
+
+
+def test_a_time_bounded_read_gets_only_the_objects_whose_window_it_overlaps(s3_client, bucket):
+    """A month partition holds a day's hourly parts (and a compacted object): a read of two hours
+    GETs the parts of those hours, and the compacted object only when its window reaches them."""
+    from candleflow import compaction
+
+    day = datetime(2024, 10, 20, tzinfo=UTC)
+    for d in (2, 1):  # two daily backfill parts
+        lo = day - timedelta(days=d)
+        write(s3_client, bucket, candles(lo, 24, price=148.0 - 24 * d), lo, lo + timedelta(days=1))
+    for h in range(24):
+        write(s3_client, bucket, candles(day + timedelta(hours=h), 1, price=500.0 + h), day + timedelta(hours=h),
+              day + timedelta(hours=h + 1))
+    compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-19")   # the two days before: one object
+    got = []
+
+    def count(params, **_):
+        got.append(params["Key"].rsplit("/", 1)[-1])
+
+    s3_client.meta.events.register("before-parameter-build.s3.GetObject", count)
+    try:
+        frame = lake.read(s3_client, bucket, exchange="binance", start=day + timedelta(hours=5),
+                          end=day + timedelta(hours=7))
+        assert got == ["part-20241020T050000Z_20241020T060000Z.parquet", "part-20241020T060000Z_20241020T070000Z.parquet"]
+        assert frame["close"].tolist() == [505.0, 506.0]
+        got.clear()
+        frame = lake.read(s3_client, bucket, exchange="binance", start=day - timedelta(hours=1),
+                          end=day + timedelta(hours=1))
+        assert got == ["compacted-20241018T000000Z_20241020T000000Z.parquet",
+                       "part-20241020T000000Z_20241020T010000Z.parquet"]
+        assert frame["close"].tolist() == [147.0, 500.0]
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.GetObject", count)
 
 
 def test_read_table_hands_back_each_objects_metadata_it_read(s3_client, bucket):
     day = datetime(2024, 10, 20, tzinfo=UTC)
     table = lake.to_table(candles(day, 3), "BTC/USDT")
-    key = lake.partition_prefix("ohlcv", "binance", "BTC", "1h", "2024-10-20") + "part-a.parquet"
+    key = lake.partition_prefix("ohlcv", "binance", "BTC", "1h", "2024-10") + "part-a.parquet"
     lake.write_object(s3_client, bucket, key, table, metadata={"candleflow.sources": '["x"]'})
     frame, keys, metadata = lake.read_table(s3_client, bucket, "ohlcv", with_metadata=True, exchange="binance")
     assert keys == [key] and len(frame) == 3

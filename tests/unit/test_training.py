@@ -300,9 +300,8 @@ def test_lineage_counts_rows_per_lake_partition_and_summarises_the_gap_ledger(s3
     candles, sources = lake.read_with_sources(s3_client, bucket, symbol="BTC", timeframe="1h", start=start, end=end)
     rows = partition_rows(candles, sources)
     assert [(r["partition"], r["rows"], len(r["objects"])) for r in rows] == [
-        ("exchange=binance/symbol=BTC/timeframe=1h/date=2024-09-01", 24, 1),
-        ("exchange=binance/symbol=BTC/timeframe=1h/date=2024-09-02", 24, 1),
-        ("exchange=kraken/symbol=BTC/timeframe=1h/date=2024-09-01", 24, 1)]
+        ("exchange=binance/symbol=BTC/timeframe=1h/month=2024-09", 48, 1),
+        ("exchange=kraken/symbol=BTC/timeframe=1h/month=2024-09", 24, 1)]
 
     tf = 3_600_000
     day1 = [int(t) for t in range(int(start.timestamp() * 1000), int(start.timestamp() * 1000) + 86_400_000, tf)]

@@ -1,6 +1,6 @@
 """What a model was trained on and by which code: recorded with every MLflow run.
 
-- `partition_rows`: the lake partitions (exchange × date) of the training window, the objects
+- `partition_rows`: the lake partitions (ohlcv: exchange × month) of the training window, the objects
   read for each and the rows each contributed after deduplication;
 - `quality_summary`: what the gap ledger (the ingest's quality verdicts) said about those days:
   per exchange, the days complete, partial or quarantined and the candles missing by reason;
@@ -25,9 +25,12 @@ LINEAGE_FILE = "lineage.json"
 
 
 def partition_rows(rows: pd.DataFrame, sources: list[str],
-                   levels: tuple[str, ...] = ("exchange", "symbol", "timeframe", "date")) -> list[dict]:
-    """[{partition, objects, rows}] per lake partition read (ohlcv: exchange/symbol/timeframe/date;
-    features: symbol/timeframe/date): the objects and the rows it contributed after deduplication."""
+                   levels: tuple[str, ...] = ("exchange", "symbol", "timeframe", "month")) -> list[dict]:
+    """[{partition, objects, rows}] per lake partition read (ohlcv: exchange/symbol/timeframe/month;
+    features: symbol/timeframe/date): the objects and the rows it contributed after deduplication.
+    A time level (date, month) of a row is its `ts` in that level's key format."""
+    from candleflow.lake import TIME_PARTITIONS
+
     objects: dict[tuple, list[str]] = defaultdict(list)
     for key in sources:
         v = dict(part.split("=", 1) for part in key.split("/") if "=" in part)  # Hive key=value levels
@@ -35,8 +38,9 @@ def partition_rows(rows: pd.DataFrame, sources: list[str],
     if rows.empty:
         counts = {}
     else:
-        dates = pd.to_datetime(rows["ts"], utc=True).dt.strftime("%Y-%m-%d")
-        grouped = rows.assign(date=dates).groupby(list(levels)).size()
+        ts = pd.to_datetime(rows["ts"], utc=True)
+        periods = {level: ts.dt.strftime(TIME_PARTITIONS[level]) for level in levels if level in TIME_PARTITIONS}
+        grouped = rows.assign(**periods).groupby(list(levels)).size()
         counts = {k if isinstance(k, tuple) else (k,): v for k, v in grouped.to_dict().items()}
     out = []
     for part in sorted(set(objects) | set(counts), key=lambda p: tuple(str(x) for x in p)):
