@@ -3,12 +3,15 @@
     .venv/bin/python bench/lake_write.py [--rows 1000000] [--repeat 3] [--concurrency 4,8,16]
 
 (a) `candleflow.lake.write_batch` to the moto server (started through `LocalStack` in a temp state
-    dir, stopped at the end): one zstd parquet object per UTC date, exactly as the ingest writes;
+    dir, stopped at the end): one zstd parquet object per UTC month, exactly as the ingest writes
+    (a backfill chunk is a month);
 (b) the same table written by pyarrow to local disk with the same partitioning and options
-    (`pq.write_table` per date partition, zstd, dictionary on `market`, statistics).
+    (`pq.write_table` per month partition, zstd, dictionary on `market`, statistics).
 
 Each is timed best of --repeat; the last line is `lake_write_ratio=<S3 rows/s / local rows/s>`
-(issue 4 targets >= 0.5). Then it says where the S3 side's time goes, per object:
+(issue 4 targets >= 0.5). For contrast it also times both sides with one object per UTC date (the
+lake's layout before month partitions: 695 objects of 1.4k rows instead of 23 of 43k). Then it says
+where the S3 side's time goes, per object:
 
 - encode: Arrow slice → parquet bytes (`lake.to_parquet_bytes`), serially;
 - PUT, serially: wall time and this process's CPU (boto3 building, signing, checksumming);
@@ -84,23 +87,26 @@ def best_of(repeat: int, fn):
     return min(times), times, result
 
 
-def day_slices(table: pa.Table, window_start: datetime, window_end: datetime):
-    """(key, slice) per date, as write_batch cuts them (the table is sorted by ts)."""
+def slices(table: pa.Table, window_start: datetime, window_end: datetime, partition: str = "month"):
+    """(key, slice) per time partition (`month`: as write_batch cuts them; `date`: the old daily
+    layout); the table is sorted by ts."""
     ts = table.column("ts").to_numpy()
-    for day, lo, hi in lake._days(window_start, window_end):
+    for value, lo, hi in lake.time_slices(window_start, window_end, partition):
         a, b = np.searchsorted(ts, [np.datetime64(lo.replace(tzinfo=None), "ms"),
                                     np.datetime64(hi.replace(tzinfo=None), "ms")])
         if a < b:
-            key = lake.partition_prefix("ohlcv", EXCHANGE, SYMBOL, TIMEFRAME, day.strftime("%Y-%m-%d")) + lake.part_name(lo, hi)
+            key = (f"ohlcv/exchange={EXCHANGE}/symbol={SYMBOL}/timeframe={TIMEFRAME}/{partition}={value}/"
+                   + lake.part_name(lo, hi))
             yield key, table.slice(a, b - a)
 
 
-def write_local(table: pa.Table, root: Path, window_start: datetime, window_end: datetime) -> tuple[int, int]:
+def write_local(table: pa.Table, root: Path, window_start: datetime, window_end: datetime,
+                partition: str = "month") -> tuple[int, int]:
     """The pyarrow baseline: the same key layout and parquet options as the lake, on local disk."""
     if root.exists():
         shutil.rmtree(root)
     files = size = 0
-    for key, part in day_slices(table, window_start, window_end):
+    for key, part in slices(table, window_start, window_end, partition):
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(part, path, compression="zstd", use_dictionary=["market"], write_statistics=True)
@@ -114,10 +120,18 @@ def write_s3(s3, bucket: str, candles: pd.DataFrame, window_start: datetime, win
                             market=MARKET, window_start=window_start, window_end=window_end)
 
 
+def write_s3_daily(s3, bucket: str, candles: pd.DataFrame, window_start: datetime, window_end: datetime):
+    """write_batch as it was before month partitions: the same conversion and writer, one object
+    per UTC date (under `daily/`, beside the month objects)."""
+    table = lake.to_table(candles, MARKET)
+    jobs = [("daily/" + key, part) for key, part in slices(table, window_start, window_end, "date")]
+    return lake._in_flight(lambda job: lake.write_object(s3, bucket, job[0], job[1]), jobs)
+
+
 def serial_breakdown(s3, bucket: str, table: pa.Table, window_start: datetime, window_end: datetime) -> dict:
     """Encode and PUT every object one after the other: wall and client CPU of each step."""
     out = {"encode_wall": 0.0, "encode_cpu": 0.0, "put_wall": 0.0, "put_cpu": 0.0, "objects": 0}
-    for key, part in day_slices(table, window_start, window_end):
+    for key, part in slices(table, window_start, window_end):
         t0, c0 = time.perf_counter(), time.process_time()
         body = lake.to_parquet_bytes(part)
         t1, c1 = time.perf_counter(), time.process_time()
@@ -151,7 +165,7 @@ def moto_cpu_per_put(bodies: list[bytes], cached: bool) -> float:
             client.put(f"/{bucket}/warm/{i}", data=body, headers=headers)
         c0 = time.process_time()
         for i, body in enumerate(bodies):
-            response = client.put(f"/{bucket}/ohlcv/date={i}/part.parquet", data=body, headers=headers)
+            response = client.put(f"/{bucket}/ohlcv/month={i}/part.parquet", data=body, headers=headers)
             assert response.status_code == 200, response.status
         return (time.process_time() - c0) / len(bodies)
     finally:
@@ -197,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     window_start = START
     window_end = START + timedelta(minutes=args.rows)
     table = lake.to_table(candles, MARKET)
-    days = sum(1 for _ in lake._days(window_start, window_end))
+    months = sum(1 for _ in lake.time_slices(window_start, window_end, "month"))
     print(f"data: {args.rows:,} 1m candles of {EXCHANGE}/{SYMBOL} ({MARKET}), {window_start:%Y-%m-%d} → "
-          f"{window_end:%Y-%m-%d %H:%M}, {days} date partitions, seed {SEED} "
+          f"{window_end:%Y-%m-%d %H:%M}, {months} month partitions, seed {SEED} "
           f"(generated in {time.perf_counter() - t0:.2f} s); in-memory Arrow {table.nbytes / 1e6:.1f} MB")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, python {sys.version.split()[0]}, "
           f"pyarrow {pa.__version__}, pandas {pd.__version__}, boto3 {boto3.__version__}; "
@@ -239,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"rows/s  {files} files, {local_bytes / 1e6:.2f} MB, {1000 * local_s / files:.2f} ms/file")
             print(f"local pyarrow + to_table of the frame: best {local_conv_s:.2f} s  "
                   f"{args.rows / local_conv_s:,.0f} rows/s")
+            daily_local_s, _, (daily_files, _) = best_of(
+                args.repeat, lambda: write_local(table, tmp / "lake-daily", window_start, window_end, "date"))
+            daily_s3_s, _, _ = best_of(args.repeat, lambda: write_s3_daily(s3, bucket, candles, window_start, window_end))
+            print(f"the daily layout (before month partitions), {daily_files} objects: S3 {daily_s3_s:.2f} s, "
+                  f"local {daily_local_s:.2f} s → ratio {daily_local_s / daily_s3_s:.2f}")
 
             # where the S3 side's time goes
             serial = serial_breakdown(s3, bucket, table, window_start, window_end)
