@@ -115,18 +115,19 @@ def test_s3_frozen_mid_write_fails_the_write_leaves_no_partial_object_and_the_re
     s3 = client(endpoint)
     for name in ("reference", "lake"):
         s3.create_bucket(Bucket=name)
-    start, end = START - timedelta(days=122), START + timedelta(days=31)   # June to October: five month objects
+    # 20 month objects, well beyond the PUTs write_batch keeps in flight (lake.PUT_CONCURRENCY)
+    start, end = datetime(2023, 3, 1, tzinfo=UTC), datetime(2024, 11, 1, tzinfo=UTC)
     frame = candles(start, int((end - start) / timedelta(hours=1)))
     write(s3, "reference", frame, start, end)
     expected = bodies(s3, "reference")
-    assert len(expected) == 5
+    assert len(expected) == 20
 
     # short timeouts, no retries: the frozen server makes each remaining PUT fail within a second
     flaky = client(endpoint, connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
-    before_freeze = freeze_after(flaky, pid, puts=2)
+    before_freeze = freeze_after(flaky, pid, puts=4)
     with pytest.raises((BotoCoreError, ClientError)):
         write(flaky, "lake", frame, start, end)
-    assert len(before_freeze) == 2
+    assert len(before_freeze) == 4
     os.killpg(pid, signal.SIGCONT)
 
     visible = settled_listing(s3, "lake")
