@@ -116,7 +116,8 @@ def test_the_run_level_suites_read_candles_under_the_configured_ohlcv_prefix(s3_
     summary = check_run(s3_client, bucket, ohlcv_prefix="candles", timeframe="1h", window_start=window[0],
                         window_end=window[1], pairs=[(e, "ETH") for e in exchanges], scheduled=True)
     assert summary["errors"] == [] and summary["warnings"] == []
-    assert summary["results"]["freshness"].startswith("candles/_quality/freshness/")
+    [fresh_key] = summary["results"]["freshness"]
+    assert fresh_key.startswith("candles/_quality/freshness/")
     table = lake.read(s3_client, bucket, "quality", timeframe="1h")
     fresh = table[table["suite"] == "freshness"]
     # every pair's candles were found under candles/: fresh, each judged on its 48 candles
@@ -138,3 +139,54 @@ def test_a_clean_run_writes_no_data_docs(s3_client, bucket):
     assert summary["errors"] == [] and summary["warnings"] == [] and summary["data_docs"] is None
     assert set(summary["results"]) == {"cross_exchange", "freshness"}   # the results are still kept
     assert lake.list_objects(s3_client, bucket, "reports/") == {}
+
+
+def test_a_backfill_window_is_judged_one_month_at_a_time_with_the_same_findings(s3_client, bucket, monkeypatch):
+    """A long backfill is not loaded whole: each read spans one month at most, each month has its
+    own result, and together they find what one pass over the whole window finds."""
+    from candleflow.quality.runs import cross_exchange
+    from candleflow.quality.settings import load_quality
+
+    exchanges = ["binance", "bybit", "okx"]
+    start, end = datetime(2024, 8, 15, tzinfo=UTC), datetime(2024, 10, 10, tzinfo=UTC)
+    hours = int((end - start) / timedelta(hours=1))
+    frames = {}
+    for i, exchange in enumerate(exchanges):
+        ts = pd.date_range(start, periods=hours, freq="1h", tz="UTC").astype("datetime64[ms, UTC]")
+        close = 2600 * (1 + 0.0002 * i) * (1 + 0.002 * np.sin(np.arange(hours) / 3))
+        frame = pd.DataFrame({"ts": ts, "open": close, "high": close * 1.001, "low": close * 0.999, "close": close,
+                              "volume": np.full(hours, 3.0)})
+        if exchange == "okx":   # bad prints in September, one of them on its last hour
+            for when in ("2024-09-03 07:00", "2024-09-30 23:00"):
+                frame.loc[frame["ts"] == pd.Timestamp(when, tz="UTC"), ["close", "high"]] *= 1.1
+        lake.write_batch(s3_client, bucket, frame, exchange=exchange, symbol="ETH", timeframe="1h",
+                         market="ETH/USDT", window_start=start, window_end=end)
+        frames[exchange] = frame.assign(exchange=exchange, symbol="ETH")
+    reads = []
+    real_read = lake.read
+
+    def observed_read(*args, **kwargs):   # the real reader; the test only notes each read's window
+        reads.append((kwargs.get("start"), kwargs.get("end")))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(lake, "read", observed_read)
+    summary = check_run(s3_client, bucket, ohlcv_prefix="ohlcv", timeframe="1h", window_start=start, window_end=end,
+                        pairs=[(e, "ETH") for e in exchanges], scheduled=False, run_name="backfill__x")
+    assert sorted({(lo.month, hi - lo <= timedelta(days=31)) for lo, hi in reads}) == [(8, True), (9, True), (10, True)]
+    assert [k.rsplit("/", 1)[1] for k in summary["results"]["cross_exchange"]] == [
+        "20240815T000000Z_20240901T000000Z.json", "20240901T000000Z_20241001T000000Z.json",
+        "20241001T000000Z_20241010T000000Z.json"]
+    assert "freshness" not in summary["results"] and summary["errors"] == []
+    [warning] = summary["warnings"]
+    assert "2024-09-01" in warning and "okx" in warning
+    table = lake.read(s3_client, bucket, "quality", timeframe="1h")
+    per_month = table[(table["suite"] == "cross_exchange") & (table["exchange"] == "okx")].sort_values("ts")
+    assert per_month["unexpected_count"].tolist() == [0, 2, 0]
+    # one pass over the whole window (what check_run did before) finds the same, pair by pair
+    _, frame = cross_exchange(pd.concat(frames.values(), ignore_index=True), "1h", load_quality())
+    limit = load_quality().cross_exchange["max_deviation"]
+    whole = frame.assign(bad=frame["deviation"] > limit).groupby("exchange")["bad"].sum().to_dict()
+    months = table[table["suite"] == "cross_exchange"].groupby("exchange")["unexpected_count"].sum().to_dict()
+    assert months == whole and whole["okx"] == 2
+    assert table[table["suite"] == "cross_exchange"]["element_count"].sum() == frame["deviation"].notna().sum()
+

@@ -8,7 +8,9 @@
 
 Each is one GX validation of a small derived frame (one expectation), so its cost does not grow
 with the number of pairs; `check_run` keeps their results (JSON, `quality` table rows), renders
-the Data Docs of a run that found something and says whether an error-level rule failed.
+the Data Docs of a run that found something and says whether an error-level rule failed. A long
+window (a backfill of years) is judged one UTC month at a time — read, validated, kept, released
+— so memory holds one month of the run's pairs, not the whole window.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
     ((exchange, symbol) the run collected), their results kept, and the run's Data Docs (with the
     batch results listed in `batch_results` as (label, JSON key)) when anything failed or warned
     or `data_docs_include_passed` is set (`data_docs` is None otherwise). Returns a summary with
-    `errors` (error-level failures' summaries) and `warnings`."""
+    `errors` (error-level failures' summaries), `warnings` and `results` ({suite: [result keys]}:
+    a backfill's cross-exchange suite has one per UTC month of its window)."""
     import json
 
     from candleflow import lake
@@ -155,51 +158,63 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
                      "results": {}}
     docs: list[tuple[str, dict]] = []
     findings = False  # anything failed or warned: only then are the run's Data Docs published
-    lookback = window_start
-    if scheduled and config.freshness.on:
-        lookback = min(window_start, window_end - tf * (config.freshness_max_lag[timeframe] + 2))
     spec = lake.ohlcv_spec(ohlcv_prefix)
-    # one read per pair, a few at once: a scheduled run judges up to 150 pairs, each read S3 latency
-    read = lake._in_flight(lambda pair: lake.read(s3, bucket, spec, exchange=pair[0], symbol=pair[1],
-                                                  timeframe=timeframe, start=lookback, end=window_end),
-                           sorted(set(pairs)))
-    frames = [frame[["exchange", "symbol", "ts", "close"]] for frame in read if len(frame)]
     import pandas as pd
 
-    candles = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {"exchange": [], "symbol": [], "ts": pd.Series(dtype="datetime64[ms, UTC]"), "close": []})
-    checks = []
-    if config.cross_exchange.on:
-        in_window = candles[candles["ts"] >= window_start]
-        report, frame = cross_exchange(in_window, timeframe, config, label=f"{timeframe} {window_start.isoformat()}")
-        checks.append(("cross_exchange", report, _per_pair(frame, "deviation",
-                                                           config.cross_exchange["max_deviation"])))
-    if scheduled and config.freshness.on:
-        newest = {pair: None for pair in set(pairs)}
-        for (exchange, symbol), group in candles.groupby(["exchange", "symbol"]):
-            newest[(exchange, symbol)] = group["ts"].max().to_pydatetime()
-        report, frame = freshness(newest, window_end, timeframe, config, label=f"{timeframe} run")
-        checks.append(("freshness", report, _per_pair(frame, "age_intervals",
-                                                      config.freshness_max_lag[timeframe])))
-    for suite, report, per_pair in checks:
-        key = results.run_result_key(ohlcv_prefix, config.results_dir, suite, timeframe, window_start, window_end)
+    def read(start: datetime, end: datetime) -> pd.DataFrame:
+        """The pairs' closes in [start, end): one read per pair, a few at once (a scheduled run
+        judges up to 150 pairs, each read S3 latency), keeping only the columns judged."""
+        columns = ["exchange", "symbol", "ts", "close"]
+        frames = lake._in_flight(lambda pair: lake.read(s3, bucket, spec, exchange=pair[0], symbol=pair[1],
+                                                        timeframe=timeframe, start=start, end=end)[columns],
+                                 sorted(set(pairs)))
+        frames = [frame for frame in frames if len(frame)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            {"exchange": [], "symbol": [], "ts": pd.Series(dtype="datetime64[ms, UTC]"), "close": []})
+
+    def keep(suite: str, report: QualityReport, per_pair: dict, lo: datetime, hi: datetime, label: str) -> None:
+        nonlocal findings
+        key = results.run_result_key(ohlcv_prefix, config.results_dir, suite, timeframe, lo, hi)
         _put(s3, bucket, key, results.result_document(report, suite=suite, timeframe=timeframe,
-                                                      window_start=window_start.isoformat(),
-                                                      window_end=window_end.isoformat()),
+                                                      window_start=lo.isoformat(), window_end=hi.isoformat()),
              content_type="application/json")
-        rows = results.table_rows(report, suite=suite, exchange="", symbol="", window_start=window_start,
-                                  window_end=window_end, result_key=key, per_pair=per_pair)
+        rows = results.table_rows(report, suite=suite, exchange="", symbol="", window_start=lo, window_end=hi,
+                                  result_key=key, per_pair=per_pair)
         results.write_table_rows(s3, bucket, rows, timeframe=timeframe, suite=suite, exchange="", symbol="",
-                                 window_start=window_start, window_end=window_end)
-        summary["results"][suite] = key
+                                 window_start=lo, window_end=hi)
+        summary["results"].setdefault(suite, []).append(key)
         if report.errors:
             summary["errors"].append(report.summary)
         elif report.warnings:
             summary["warnings"].append(report.summary)
         log.log(logging.ERROR if report.errors else logging.WARNING if report.warnings else logging.INFO,
                 report.summary)
-        docs.append((f"{suite}-{timeframe}", report.gx_result))
+        docs.append((label, report.gx_result))
         findings = findings or bool(report.failed)
+
+    if scheduled:
+        # one interval (never across a month) and the freshness lookback before it: one read for both
+        lookback = window_start
+        if config.freshness.on:
+            lookback = min(window_start, window_end - tf * (config.freshness_max_lag[timeframe] + 2))
+        slices, candles = [(window_start, window_end)], read(lookback, window_end)
+    else:
+        slices = [(lo, hi) for _, lo, hi in lake.time_slices(window_start, window_end, "month")]
+        candles = None
+    if config.cross_exchange.on:
+        for lo, hi in slices:
+            month = candles[candles["ts"] >= window_start] if candles is not None else read(lo, hi)
+            report, frame = cross_exchange(month, timeframe, config, label=f"{timeframe} {lo.isoformat()}")
+            keep("cross_exchange", report, _per_pair(frame, "deviation", config.cross_exchange["max_deviation"]),
+                 lo, hi, f"cross_exchange-{timeframe}" + (f"-{lo:%Y-%m}" if len(slices) > 1 else ""))
+            del month, frame   # a backfill's next month reuses the memory
+    if scheduled and config.freshness.on:
+        newest = {pair: None for pair in set(pairs)}
+        for (exchange, symbol), group in candles.groupby(["exchange", "symbol"]):
+            newest[(exchange, symbol)] = group["ts"].max().to_pydatetime()
+        report, frame = freshness(newest, window_end, timeframe, config, label=f"{timeframe} run")
+        keep("freshness", report, _per_pair(frame, "age_intervals", config.freshness_max_lag[timeframe]),
+             window_start, window_end, f"freshness-{timeframe}")
     for label, key in batch_results:
         try:
             document = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
