@@ -4,7 +4,8 @@
     quarantine/exchange=…/…/window=<from>_<to>/report.json                   a quarantined batch's report
     <ohlcv>/_quality/<suite>/timeframe=<tf>/<from>_<to>.json                 a run-level suite's result
     quality/timeframe=<tf>/date=<YYYY-MM-DD>/<suite>-<exchange>-<symbol>-<from>_<to>.parquet
-    reports/quality/data_docs/timeframe=<tf>/index.html                      the Data Docs site
+    reports/quality/data_docs/timeframe=<tf>/index.html                      the Data Docs site (latest run)
+    reports/quality/data_docs/timeframe=<tf>/runs.html                       every run's pages, newest first
 
 The JSON results are deterministic (no load times or run ids: a re-run writes the same bytes) and
 sit in '_'-prefixed folders, which Hive-style readers (Athena, DuckDB's hive globbing, pyarrow
@@ -167,10 +168,12 @@ def content_type(path: str) -> str:
 
 
 def publish_data_docs(s3, bucket: str, results: list[tuple[str, dict]], *, timeframe: str, run_name: str,
-                      run_time: datetime, prefix: str) -> str | None:
+                      run_time: datetime, prefix: str, history_runs: int = 50) -> str | None:
     """Render GX Data Docs for these (batch label, GX result JSON) pairs and upload the site to
     `<prefix>/timeframe=<tf>/`. The index lists this run's validations; earlier runs' pages stay
-    where they were written. Static assets are uploaded once per site. Returns the index key."""
+    where they were written, and `runs.html` (linked from the index) lists the newest
+    `history_runs` runs with a link to each page and its verdict. Static assets are uploaded once
+    per site. Returns the index key."""
     import tempfile
 
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResultSchema
@@ -186,6 +189,7 @@ def publish_data_docs(s3, bucket: str, results: list[tuple[str, dict]], *, timef
     if not results:
         return None
     site_prefix = f"{prefix.strip('/')}/timeframe={timeframe}/"
+    pages: list[str] = []
     with GX_LOCK, tempfile.TemporaryDirectory(prefix="candleflow-docs-") as out:
         gx, _ = gx_context()
         context = gx.get_context(mode="ephemeral")  # its own stores: the site shows only these results
@@ -209,5 +213,66 @@ def publish_data_docs(s3, bucket: str, results: list[tuple[str, dict]], *, timef
                 if rel.startswith("static/") and have_static:
                     continue
                 with open(path, "rb") as fh:
-                    _put(s3, bucket, site_prefix + rel, fh.read(), content_type=content_type(rel))
+                    body = fh.read()
+                if rel == "index.html":
+                    body = body.replace(b"<body>", b'<body><p style="margin:8px 16px"><a href="runs.html">'
+                                                   b"Earlier runs of this timeframe</a></p>", 1)
+                elif rel.startswith("validations/"):
+                    pages.append(rel)
+                _put(s3, bucket, site_prefix + rel, body, content_type=content_type(rel))
+    run_entry = {"run_name": run_name or "manual", "run_time": run_time.astimezone(UTC).isoformat(),
+                 "validations": [{"label": label, "suite": gx_json["suite_name"], "verdict": _verdict(gx_json),
+                                  "page": next((p for p in pages if p.endswith("/" + label.replace("/", "_") + ".html")),
+                                               None)} for label, gx_json in results]}
+    safe_run = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_entry["run_name"])
+    _put(s3, bucket, f"{site_prefix}runs/{run_time.astimezone(UTC):%Y%m%dT%H%M%SZ}_{safe_run}.json",
+         json.dumps(run_entry, indent=1, sort_keys=True).encode(), content_type="application/json")
+    _put(s3, bucket, site_prefix + "runs.html", _runs_page(s3, bucket, site_prefix, timeframe, history_runs),
+         content_type="text/html")
     return site_prefix + "index.html"
+
+
+_MARKS = {"passed": "✓", "warned": "!", "failed": "✗"}
+
+
+def _verdict(gx_json: dict) -> str:
+    """passed, warned (only warn-severity expectations failed: the batch was kept) or failed."""
+    if gx_json.get("success"):
+        return "passed"
+    failed = [r for r in gx_json.get("results", []) if not r.get("success")]
+    severities = {((r.get("expectation_config") or {}).get("meta") or {}).get("severity") for r in failed}
+    return "warned" if failed and severities == {"warn"} else "failed"
+
+
+def _runs_page(s3, bucket: str, site_prefix: str, timeframe: str, limit: int) -> bytes:
+    """runs.html: the newest `limit` runs' entries (`runs/<run time>_<run>.json`, one object per
+    run, so concurrent runs never overwrite each other's), newest first, each validation a link to
+    its page with its verdict. Rebuilt from the listing by every run that publishes."""
+    from html import escape
+
+    from candleflow.lake import list_objects
+
+    keys = sorted(list_objects(s3, bucket, site_prefix + "runs/"), reverse=True)[:limit]
+    rows = []
+    for key in keys:
+        entry = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        links = " ".join(
+            (f'<a class="{v["verdict"]}" href="{escape(v["page"])}">' if v["page"] else f'<span class="{v["verdict"]}">')
+            + f'{_MARKS[v["verdict"]]} {escape(v["label"])}' + ("</a>" if v["page"] else "</span>")
+            for v in entry["validations"])
+        verdicts = {v["verdict"] for v in entry["validations"]}
+        verdict = next(v for v in ("failed", "warned", "passed") if v in verdicts or v == "passed")
+        rows.append(f'<tr><td>{escape(entry["run_time"])}</td><td>{escape(entry["run_name"])}</td>'
+                    f'<td class="{verdict}">{verdict}</td><td>{links}</td></tr>')
+    return (f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>candleflow quality runs, {escape(timeframe)}</title>
+<style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse}}
+td,th{{padding:4px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #ddd}}
+.passed{{color:#176f2c}} .warned{{color:#9a6700}} .failed{{color:#b00020}} a{{margin-right:10px}}</style></head>
+<body><h1>Quality runs, {escape(timeframe)}</h1>
+<p>The newest {len(rows)} run(s) that published Data Docs (at most {limit}), newest first.
+<a href="index.html">The latest run's Data Docs</a>.</p>
+<table><tr><th>run time (UTC)</th><th>run</th><th>verdict</th><th>validations</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+""").encode()

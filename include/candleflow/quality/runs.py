@@ -226,5 +226,6 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
     # showing the last run that found something. A run with findings shows its suites, passed too.
     summary["data_docs"] = results.publish_data_docs(
         s3, bucket, docs, timeframe=timeframe, run_name=run_name, run_time=window_end.astimezone(UTC),
-        prefix=config.data_docs_prefix) if findings or config.data_docs_include_passed else None
+        prefix=config.data_docs_prefix, history_runs=config.data_docs_history_runs,
+    ) if findings or config.data_docs_include_passed else None
     return summary

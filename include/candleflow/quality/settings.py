@@ -50,6 +50,7 @@ class QualityConfig:
     results_dir: str = "_quality"
     data_docs_prefix: str = "reports/quality/data_docs"
     data_docs_include_passed: bool = False
+    data_docs_history_runs: int = 50
 
     def severity(self, rule: str) -> str:
         return self.batch[rule].severity
@@ -110,11 +111,16 @@ def parse_quality(data: dict, where: str = "quality.yaml") -> QualityConfig:
     if not results_dir.startswith("_") or "/" in results_dir:
         raise ConfigError(f"{where}: results.results_dir {results_dir!r} must be one folder name starting "
                           "with '_' (so lake readers skip it)")
+    history = results.get("data_docs_history_runs", 50)
+    if not isinstance(history, int) or isinstance(history, bool) or history < 1:
+        raise ConfigError(f"{where}: results.data_docs_history_runs {history!r} is invalid; use an integer >= 1 "
+                          "(how many runs the Data Docs' runs.html lists)")
     return QualityConfig(batch=batch, cross_exchange=cross, freshness=freshness,
                          freshness_max_lag={k: int(v) for k, v in (lag or {}).items()},
                          results_dir=results_dir,
                          data_docs_prefix=str(results.get("data_docs_prefix", "reports/quality/data_docs")).strip("/"),
-                         data_docs_include_passed=bool(results.get("data_docs_include_passed", False)))
+                         data_docs_include_passed=bool(results.get("data_docs_include_passed", False)),
+                         data_docs_history_runs=history)
 
 
 _CACHE: dict[tuple[str, int], QualityConfig] = {}
