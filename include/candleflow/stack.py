@@ -207,6 +207,12 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "pids").mkdir(exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
+        if name == "moto":
+            # moto keeps S3 in memory: a new moto has no lake and none of MLflow's artifacts, so the
+            # registry a previous run left in mlflow.db would name models whose files are gone
+            # (promotion then fails loading the champion). The tracking server starts afresh with it.
+            self.stop("mlflow")
+            (self.state_dir / "mlflow.db").unlink(missing_ok=True)
         if name == "mlflow":
             self.ensure_buckets()
         if name == "airflow":
