@@ -9,8 +9,10 @@ reader saw (later-named parts win). It then deletes what it merged — each only
 rewritten meanwhile. Readers never see a candle missing, twice or stale: the merged object is
 written before anything is deleted, and they deduplicate. A part written after compaction still
 wins (compacted objects sort first) and is merged the next day. Re-running a run changes nothing:
-a partition with nothing new to merge is left alone. The gap ledger (`coverage/`) and
-`quarantine/` are not touched. Details: docs/lake.md.
+a partition with nothing new to merge is left alone. The same task merges each pair's gap-ledger
+windows of those days (`coverage/…/date=…/`, a 1m ingest writes 1,440 a day) into one entry per
+covered stretch, with the verdict each candle had. `quarantine/` is not touched. Details:
+docs/lake.md.
 """
 
 from datetime import UTC, datetime

@@ -10,6 +10,14 @@ and its bytes a pure function of what was found, so re-running a run rewrites it
 concurrent runs of different windows never write the same object (no read-modify-write).
 A day's coverage is the union of its windows, the later-named window winning where they overlap.
 
+A scheduled 1m ingest writes 1,440 windows per pair and day. The daily compaction
+(`compact_day`, run by `lake_compaction`) merges a finished day's windows into
+`compacted-<from>_<to>.json` entries, one per contiguous stretch of candles the windows covered,
+holding exactly the per-candle verdict the windows gave (the later window deciding): readers of
+the ledger (the coverage report, a backfill's skip-complete check, training lineage) then read one
+object per pair and day. A compacted entry has the lowest precedence, so a window written later
+still decides its candles.
+
 Reasons for a missing candle:
 - `not_listed`: the exchange does not list the symbol (or not yet: before its first candle);
 - `not_served`: the exchange's API does not serve that far back (kraken's 720-candle OHLC);
@@ -55,13 +63,17 @@ class LedgerEntry:
     market: str | None = None
     status: str = "complete"        # complete | partial | quarantined | not_listed
     gaps: list[Gap] = field(default_factory=list)
+    compacted: bool = False         # a merge of a finished day's windows (lowest precedence)
 
     @property
     def missing(self) -> int:
         return self.expected - self.present
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.compacted:
+            del out["compacted"]   # a window's bytes stay what they were before compaction existed
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> LedgerEntry:
@@ -144,7 +156,13 @@ def ledger_key(entry: LedgerEntry, prefix: str = COVERAGE_PREFIX) -> str:
     lo = datetime.fromisoformat(entry.window_start).strftime(_STAMP)
     hi = datetime.fromisoformat(entry.window_end).strftime(_STAMP)
     return (f"{prefix}/exchange={entry.exchange}/symbol={entry.symbol}/timeframe={entry.timeframe}/"
-            f"date={entry.date}/window-{lo}_{hi}.json")
+            f"date={entry.date}/{'compacted' if entry.compacted else 'window'}-{lo}_{hi}.json")
+
+
+def precedence(entry: LedgerEntry) -> tuple:
+    """Where entries of a day overlap, the greater decides a candle: compacted entries lowest,
+    then windows by start, then end (a later fetch wins)."""
+    return (not entry.compacted, entry.window_start, entry.window_end)
 
 
 def write_entries(s3, bucket: str, entries: list[LedgerEntry], prefix: str = COVERAGE_PREFIX) -> list[str]:
@@ -223,6 +241,24 @@ def coverage_table(entries: list[LedgerEntry]):
                   "coverage", *(f"gaps_{r}" for r in REASONS)]]
 
 
+def _verdicts(entry: LedgerEntry, tf_ms: int) -> dict[int, str | None]:
+    """{candle open time: None (present) or the reason it is missing} over the entry's window."""
+    lo, hi = _ms(datetime.fromisoformat(entry.window_start)), _ms(datetime.fromisoformat(entry.window_end))
+    out: dict[int, str | None] = dict.fromkeys(range(-(-lo // tf_ms) * tf_ms, hi, tf_ms))
+    for gap in entry.gaps:
+        g_lo, g_hi = _ms(datetime.fromisoformat(gap.start)), _ms(datetime.fromisoformat(gap.end))
+        out.update(dict.fromkeys(range(g_lo, g_hi, tf_ms), gap.reason))
+    return out
+
+
+def _candle_state(entries: list[LedgerEntry], tf_ms: int) -> dict[int, str | None]:
+    """Each covered candle's verdict, the entry of greatest precedence deciding."""
+    state: dict[int, str | None] = {}
+    for entry in sorted(entries, key=precedence):
+        state.update(_verdicts(entry, tf_ms))
+    return state
+
+
 def day_counts(windows: list[LedgerEntry]) -> dict:
     """expected/present/gaps of one day from its windows; where windows overlap, the later-named
     one (the newer fetch) decides each candle."""
@@ -234,15 +270,7 @@ def day_counts(windows: list[LedgerEntry]) -> dict:
         for reason in REASONS:
             out[f"gaps_{reason}"] = sum(g.count for w in windows for g in w.gaps if g.reason == reason)
         return out
-    tf_ms = TIMEFRAME_MS[windows[0].timeframe]
-    state: dict[int, str | None] = {}
-    for window, (lo, hi) in sorted(zip(windows, spans, strict=True), key=lambda x: ledger_key(x[0])):
-        for t in range(-(-lo // tf_ms) * tf_ms, hi, tf_ms):
-            state[t] = None
-        for gap in window.gaps:
-            g_lo, g_hi = _ms(datetime.fromisoformat(gap.start)), _ms(datetime.fromisoformat(gap.end))
-            for t in range(g_lo, g_hi, tf_ms):
-                state[t] = gap.reason
+    state = _candle_state(windows, TIMEFRAME_MS[windows[0].timeframe])
     out = {"expected": len(state), "present": sum(1 for r in state.values() if r is None)}
     for reason in REASONS:
         out[f"gaps_{reason}"] = sum(1 for r in state.values() if r == reason)
@@ -307,3 +335,103 @@ def publish_report(s3, bucket: str, timeframe: str, prefix: str = COVERAGE_PREFI
     s3.put_object(Bucket=bucket, Key=base + "coverage.html", Body=heatmap_html(table, timeframe).encode(),
                   ContentType="text/html; charset=utf-8")
     return {"table": base + "coverage.parquet", "heatmap": base + "coverage.html", "pairs": len(table)}
+
+
+# -- compaction: a finished day's windows → one entry per covered stretch ------------------------
+def _runs(state: dict[int, str | None], tf_ms: int) -> list[list[int]]:
+    """Maximal stretches of consecutive covered candle times."""
+    runs: list[list[int]] = []
+    for t in sorted(state):
+        if runs and t == runs[-1][-1] + tf_ms:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return runs
+
+
+def merged_entries(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    """One compacted entry per stretch of candles the day's entries covered, holding each candle's
+    winning verdict (so `day_counts` and the coverage table read the same from them)."""
+    first = entries[0]
+    tf_ms = TIMEFRAME_MS[first.timeframe]
+    state = _candle_state(entries, tf_ms)
+    market = next((e.market for e in sorted(entries, key=precedence, reverse=True) if e.market), None)
+    out = []
+    for run in _runs(state, tf_ms):
+        lo, hi = run[0], run[-1] + tf_ms
+        gaps: list[Gap] = []
+        for t in run:
+            reason = state[t]
+            if reason is None:
+                continue
+            if gaps and gaps[-1].reason == reason and _ms(datetime.fromisoformat(gaps[-1].end)) == t:
+                gaps[-1] = Gap(gaps[-1].start, _iso(t + tf_ms), gaps[-1].count + 1, reason)
+            else:
+                gaps.append(Gap(_iso(t), _iso(t + tf_ms), 1, reason))
+        present = sum(1 for t in run if state[t] is None)
+        only = {g.reason for g in gaps}
+        status = (only.pop() if present == 0 and len(only) == 1 and next(iter(only)) in ("quarantined", "not_listed")
+                  else "complete" if all(g.reason in FINAL_REASONS for g in gaps) else "partial")
+        out.append(LedgerEntry(first.exchange, first.symbol, first.timeframe, first.date, _iso(lo), _iso(hi),
+                               expected=len(run), present=present, market=market, status=status, gaps=gaps,
+                               compacted=True))
+    return out
+
+
+def _losers(entries: list[LedgerEntry], tf_ms: int) -> set[int]:
+    """Indexes of entries giving some candle a verdict that a later entry overrode differently:
+    deleting the overriding entry first would show that verdict for a moment."""
+    state = _candle_state(entries, tf_ms)
+    return {i for i, entry in enumerate(entries)
+            if any(state[t] != verdict for t, verdict in _verdicts(entry, tf_ms).items())}
+
+
+def compact_pair_day(s3, bucket: str, day_prefix: str) -> dict:
+    """Merge the ledger objects under one `…/date=<D>/` prefix (module docstring). Objects are
+    deleted only if unchanged (IfMatch); those holding an overridden verdict first, one by one in
+    precedence order, so a reader never sees a verdict the windows had replaced."""
+    from candleflow.compaction import _delete_if_unchanged
+    from candleflow.lake import _in_flight, list_objects
+
+    keys = sorted(k for k in list_objects(s3, bucket, day_prefix) if k.endswith(".json"))
+    if len(keys) <= 1 or all(k[len(day_prefix):].startswith("compacted-") for k in keys):
+        return {"prefix": day_prefix, "status": "single" if keys else "empty", "merged": 0, "written": [],
+                "deleted": [], "kept": []}
+
+    def get(key):
+        response = s3.get_object(Bucket=bucket, Key=key)
+        return LedgerEntry.from_json(json.loads(response["Body"].read())), response["ETag"]
+
+    read = _in_flight(get, keys)
+    entries = [entry for entry, _ in read]
+    tf_ms = TIMEFRAME_MS[entries[0].timeframe]
+    prefix = day_prefix.split("/", 1)[0]
+    written = write_entries(s3, bucket, merged_entries(entries), prefix=prefix)
+    losers = _losers(entries, tf_ms)
+    order = sorted(range(len(keys)), key=lambda i: precedence(entries[i]))
+    sources = [(i, keys[i], read[i][1]) for i in order if keys[i] not in written]
+    gone = {key: _delete_if_unchanged(s3, bucket, key, etag) for i, key, etag in sources if i in losers}
+    rest = [(key, etag) for i, key, etag in sources if i not in losers]
+    gone.update(zip([key for key, _ in rest], _in_flight(lambda item: _delete_if_unchanged(s3, bucket, *item), rest),
+                    strict=True))
+    return {"prefix": day_prefix, "status": "compacted", "merged": len(keys), "written": written,
+            "deleted": [k for _, k, _ in sources if gone[k]], "kept": [k for _, k, _ in sources if not gone[k]]}
+
+
+def compact_day(s3, bucket: str, date: str, *, exchange: str | None = None, symbol: str | None = None,
+                timeframe: str | None = None, prefix: str = COVERAGE_PREFIX, now: datetime | None = None) -> list[dict]:
+    """Compact the ledger of a finished UTC day for every pair (narrowed by exchange, symbol,
+    timeframe); pairs are discovered level by level with delimiter listings, not by listing their
+    history. Returns one summary per pair-day that holds ledger objects."""
+    from candleflow.compaction import _check_date, _common_prefixes
+
+    _check_date(date, now)
+    paths = [f"{prefix}/"]
+    for level, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
+        if value:
+            paths = [f"{path}{level}={value}/" for path in paths]
+            continue
+        paths = [child for path in paths for child in _common_prefixes(s3, bucket, path)
+                 if child[len(path):].startswith(f"{level}=")]
+    results = [compact_pair_day(s3, bucket, f"{path}date={date}/") for path in paths]
+    return [r for r in results if r["status"] != "empty"]

@@ -1,6 +1,7 @@
 """The `lake_compaction` task graph: plan the finished days of the run's data interval, then one
 mapped `compact` task per exchange merges, in each (symbol, timeframe, month) partition, the parts of
-those days into one object (candleflow.compaction). XCom carries counts only."""
+those days into one object (candleflow.compaction), and each pair's gap-ledger windows of those days
+into one entry per covered stretch (candleflow.coverage.compact_day). XCom carries counts only."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def plan_compaction() -> list[dict]:
 
 @task(map_index_template="{{ exchange_label }}")
 def compact(request: dict) -> dict:
-    from candleflow import compaction, lake
+    from candleflow import compaction, coverage, lake
     from candleflow.config import load_pipeline
 
     cfg = load_pipeline()
@@ -40,7 +41,7 @@ def compact(request: dict) -> dict:
     s3 = s3_client(cfg.lake.aws_conn_id)
     spec = lake.ohlcv_spec(cfg.lake.ohlcv_prefix)
     totals = {"exchange": request["exchange"], "dates": request["dates"], "partitions": 0, "compacted": 0,
-              "objects_merged": 0, "parts_kept": 0, "rows": 0}
+              "objects_merged": 0, "parts_kept": 0, "rows": 0, "ledger_days": 0, "ledger_objects_merged": 0}
     # newest day first: its merge takes the earlier days of the same month too, which then have
     # nothing left to merge (one rewrite of the month's compacted object, not one per day)
     for date in sorted(request["dates"], reverse=True):
@@ -51,6 +52,12 @@ def compact(request: dict) -> dict:
                 totals["objects_merged"] += result.merged
                 totals["rows"] += result.rows
                 totals["parts_kept"] += len(result.kept)
+        # the gap ledger of the same day: its windows (a 1m ingest writes 1,440 per pair) → one entry
+        for result in coverage.compact_day(s3, cfg.lake.bucket, date, exchange=request["exchange"]):
+            if result["status"] == "compacted":
+                totals["ledger_days"] += 1
+                totals["ledger_objects_merged"] += result["merged"]
+                totals["parts_kept"] += len(result["kept"])
     return totals
 
 

@@ -1,6 +1,7 @@
 """The lake_compaction DAG with dag.test() against the moto server: per exchange, the finished
-day of the data interval and the lookback day become one object per partition; the unfinished
-day and other prefixes are untouched; a re-run changes nothing."""
+day of the data interval and the lookback day become one object per partition, and the gap
+ledger's windows of a finished day one entry; the unfinished day and other prefixes are untouched;
+a re-run changes nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from candleflow import lake
+from candleflow import coverage, lake
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,8 +37,17 @@ def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db,
     for exchange, symbol in (("binance", "BTC"), ("binance", "ETH"), ("okx", "BTC")):
         for d in (day - timedelta(days=1), day, day + timedelta(days=1)):
             _hourly(s3_client, bucket, exchange, symbol, d, hours=24 if d <= day else 3)
-    s3_client.put_object(Bucket=bucket, Key="coverage/exchange=okx/symbol=BTC/timeframe=1h/date=2024-10-20/w.json",
+    # the gap ledger of okx BTC: hourly windows (hour 7 missing) on the 20th and the unfinished 21st
+    for d, hours in ((day, 24), (day + timedelta(days=1), 3)):
+        for h in range(hours):
+            lo = d + timedelta(hours=h)
+            coverage.write_entries(s3_client, bucket, coverage.build_entries(
+                exchange="okx", symbol="BTC", timeframe="1h", tf_ms=3_600_000, window_start=lo,
+                window_end=lo + timedelta(hours=1), present_ms=[] if (d, h) == (day, 7) else [int(lo.timestamp() * 1000)],
+                market="BTC/USDT", status="complete"))
+    s3_client.put_object(Bucket=bucket, Key="quarantine/exchange=okx/symbol=BTC/timeframe=1h/window=x/report.json",
                          Body=b"{}")
+    ledger_before = coverage.read_entries(s3_client, bucket, exchange="okx")
     before = lake.read(s3_client, bucket, timeframe="1h")
     dag = DagBag(dag_folder=str(REPO / "dags" / "lake_compaction.py")).get_dag("lake_compaction")
 
@@ -55,13 +65,22 @@ def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db,
         path, name = key.rsplit("/", 1)
         by_partition.setdefault(path, []).append(name)
     for path, names in by_partition.items():
-        if path.startswith("coverage/"):
-            assert names == ["w.json"]
+        if path.endswith("date=2024-10-20"):   # the ledger's finished day: one entry, hour 7 a gap
+            assert names == ["compacted-20241020T000000Z_20241021T000000Z.json"], path
+        elif path.startswith("coverage/"):     # the unfinished day: left alone
+            assert len(names) == 3 and all(n.startswith("window-20241021T") for n in names), path
+        elif path.startswith("quarantine/"):
+            assert names == ["report.json"]
         else:
             # 10-19 (the lookback day) and 10-20 in one object; 10-21 is not finished: left alone
             assert names[0] == "compacted-20241019T000000Z_20241021T000000Z.parquet", path
             assert len(names) == 4 and all(n.startswith("part-20241021T") for n in names[1:]), path
-    assert len(by_partition) == 3 + 1
+    assert len(by_partition) == 3 + 2 + 1
+    ledger = coverage.read_entries(s3_client, bucket, exchange="okx")
+    for date in ("2024-10-20", "2024-10-21"):
+        assert coverage.day_counts([e for e in ledger if e.date == date]) == coverage.day_counts(
+            [e for e in ledger_before if e.date == date])
+    assert coverage.day_counts([e for e in ledger if e.date == "2024-10-20"])["gaps_exchange_returned_none"] == 1
     after = lake.read(s3_client, bucket, timeframe="1h")
     pd.testing.assert_frame_equal(after, before)
     assert np.array_equal(after.groupby(["exchange", "symbol"]).size().to_numpy(), [51, 51, 51])

@@ -75,3 +75,92 @@ def test_ledger_round_trips_through_s3_and_the_table_counts_overlaps_once(s3_cli
     published = coverage.publish_report(s3_client, bucket, "1h")
     page = s3_client.get_object(Bucket=bucket, Key=published["heatmap"])["Body"].read().decode()
     assert "n/l" in page and "100.0%" in page
+
+
+# -- compaction of a finished day's windows -----------------------------------------------------------
+DAY = datetime(2024, 10, 20, tzinfo=UTC)
+NOW = DAY + timedelta(days=1, hours=1)
+
+
+def window(lo, hi, present, status="complete", reasons=None, exchange="binance", symbol="BTC"):
+    return coverage.build_entries(exchange=exchange, symbol=symbol, timeframe="1h", tf_ms=HOUR, window_start=lo,
+                                  window_end=hi, present_ms=[ms(t) for t in present], market=f"{symbol}/USDT",
+                                  status=status, reasons=reasons)
+
+
+def hourly_runs(s3, bucket, hours=24, symbol="BTC"):
+    """Scheduled runs: run h fetches [h-1, h+1); its newest candle h is still open (not_closed),
+    and run h+1 re-fetches it closed."""
+    for h in range(hours):
+        lo, hi = DAY + timedelta(hours=max(h - 1, 0)), DAY + timedelta(hours=h + 1)
+        coverage.write_entries(s3, bucket, window(lo, hi, [DAY + timedelta(hours=i) for i in range(max(h - 1, 0), h)],
+                                                  reasons=[(ms(hi) - HOUR, ms(hi), "not_closed")], symbol=symbol))
+
+
+def test_compacting_a_day_keeps_every_candles_verdict_in_one_object_per_covered_stretch(s3_client, bucket):
+    hours = [DAY + timedelta(hours=i) for i in range(24)]
+    # BTC: a backfill of the whole day (10:00 missing), hourly re-fetches finding 10:00, a quarantined 15:00
+    coverage.write_entries(s3_client, bucket, window(DAY, DAY + timedelta(days=1), [t for t in hours if t.hour != 10]))
+    coverage.write_entries(s3_client, bucket, window(hours[10], hours[11], [hours[10]]))
+    coverage.write_entries(s3_client, bucket, window(hours[15], hours[16], [], status="quarantined"))
+    # ETH: two stretches of hourly runs with a hole between them
+    for h in list(range(0, 6)) + list(range(12, 18)):
+        coverage.write_entries(s3_client, bucket, window(hours[h], hours[h] + timedelta(hours=1), [hours[h]],
+                                                         symbol="ETH"))
+    before = coverage.read_entries(s3_client, bucket)
+    results = coverage.compact_day(s3_client, bucket, "2024-10-20", now=NOW)
+    assert sorted((r["prefix"].split("/")[2], r["merged"], len(r["written"])) for r in results) == [
+        ("symbol=BTC", 3, 1), ("symbol=ETH", 12, 2)]
+    after = coverage.read_entries(s3_client, bucket)
+    assert all(e.compacted for e in after) and len(after) == 3
+    for symbol in ("BTC", "ETH"):
+        old, new = ([e for e in entries if e.symbol == symbol] for entries in (before, after))
+        assert coverage.day_counts(new) == coverage.day_counts(old)
+        assert coverage.day_complete(new, "2024-10-20", HOUR) == coverage.day_complete(old, "2024-10-20", HOUR)
+    btc = coverage.day_counts([e for e in after if e.symbol == "BTC"])
+    assert (btc["present"], btc["gaps_quarantined"], btc["gaps_exchange_returned_none"]) == (23, 1, 0)
+    assert [(e.window_start[11:16], e.window_end[11:16], e.expected) for e in after if e.symbol == "ETH"] == [
+        ("00:00", "06:00", 6), ("12:00", "18:00", 6)]
+    table_before, table_after = coverage.coverage_table(before), coverage.coverage_table(after)
+    assert table_after.equals(table_before)
+
+    # compacting twice is compacting once; a window written later still decides its candles
+    listing = sorted(coverage.read_entries(s3_client, bucket), key=coverage.precedence)
+    assert [r["status"] for r in coverage.compact_day(s3_client, bucket, "2024-10-20", now=NOW)] == ["single"] * 2
+    assert sorted(coverage.read_entries(s3_client, bucket), key=coverage.precedence) == listing
+    coverage.write_entries(s3_client, bucket, window(hours[15], hours[16], [hours[15]]))
+    late = coverage.day_counts([e for e in coverage.read_entries(s3_client, bucket) if e.symbol == "BTC"])
+    assert (late["present"], late["gaps_quarantined"]) == (24, 0)
+    [again] = coverage.compact_day(s3_client, bucket, "2024-10-20", now=NOW, symbol="BTC")
+    assert again["merged"] == 2 and again["kept"] == []
+    assert coverage.day_counts(coverage.read_entries(s3_client, bucket, symbol="BTC")) == late
+
+
+def test_no_reader_sees_a_revised_verdict_revert_while_windows_are_deleted(s3_client, bucket, moto_server):
+    """Run h+1 re-fetches the candle run h saw still open: deleting run h+1's window before run h's
+    would show that candle as not closed again. A reader checks the day after every delete, while
+    the lowest window's delete is slow."""
+    import time
+
+    import boto3
+
+    hourly_runs(s3_client, bucket)
+    expected = coverage.day_counts(coverage.read_entries(s3_client, bucket))
+    assert (expected["present"], expected["gaps_not_closed"]) == (23, 1)
+    compactor = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    lowest = "coverage/exchange=binance/symbol=BTC/timeframe=1h/date=2024-10-20/window-20241020T000000Z_20241020T010000Z.json"
+    seen = []
+
+    def slow_lowest(params, **_):
+        if params["Key"] == lowest:
+            time.sleep(0.5)
+
+    def check(**_):
+        seen.append(coverage.day_counts(coverage.read_entries(s3_client, bucket)))
+
+    compactor.meta.events.register("before-parameter-build.s3.DeleteObject", slow_lowest)
+    compactor.meta.events.register("after-call.s3.DeleteObject", check)
+    [result] = coverage.compact_day(compactor, bucket, "2024-10-20", now=NOW)
+    assert result["merged"] == 24 and len(result["deleted"]) == 24 and len(seen) == 24
+    assert all(counts == expected for counts in seen)
