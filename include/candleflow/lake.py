@@ -17,7 +17,9 @@ re-run of any run or backfill overwrites the same keys with the same bytes: repl
 duplicate. A month of the window that has no candles any more has its object deleted, so the lake
 after a re-run is exactly what one run leaves. Each object is one S3 PUT, which S3 makes visible
 atomically: no reader sees half an object. Readers deduplicate (exchange, symbol, timeframe, ts)
-where objects overlap, keeping the later-named one; the daily compaction (`candleflow.compaction`)
+where objects overlap, keeping the later-named one, and a write takes its window's rows out of the
+objects named after it (`yield_window`), so the newest fetch of a candle is the one read whatever
+the windows' names; the daily compaction (`candleflow.compaction`)
 merges the parts of the finished days into `compacted-<from>_<to>.parquet`, which sorts before
 every part. An object's `<from>_<to>` bounds its rows, so a read of [start, end) skips the objects
 of its partitions that lie outside (a scheduled run reads its last few parts, not the month).
@@ -156,10 +158,44 @@ def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol
     for month, lo, hi in time_slices(window_start, window_end, "month"):
         key = partition_prefix(prefix, exchange, symbol, timeframe, month) + part_name(lo, hi)
         a, b = np.searchsorted(times, [_ms(lo), _ms(hi)])
-        jobs.append((key, table.slice(int(a), int(b - a))))
+        jobs.append((key, table.slice(int(a), int(b - a)), lo, hi))
 
     results = _in_flight(lambda job: write_object(s3, bucket, job[0], job[1]), jobs)
+    # This fetch is the newest word on its window. Readers rank objects by name, so an object named
+    # after this part (a later start, or the same start and a wider window: a month chunk against
+    # a re-fetch of its first days) would still decide the window's candles: take them out of it.
+    _in_flight(lambda job: yield_window(s3, bucket, job[0], job[2], job[3]),
+               [job for job in jobs if job[1].num_rows])
     return [r for r in results if r is not None]
+
+
+def yield_window(s3, bucket: str, key: str, lo: datetime, hi: datetime) -> list[str]:
+    """Remove the rows of [lo, hi) from the objects of key's partition named after key (the ones
+    that outrank it), rewriting each (one PUT; deleted when nothing is left). Returns the keys
+    changed. Objects named before key are outranked by it already and left alone."""
+    from botocore.exceptions import ClientError
+
+    prefix = key.rsplit("/", 1)[0] + "/"
+    changed = []
+    for other in list_objects(s3, bucket, prefix, start_after=key):
+        window = object_window(other)
+        if "/" in other[len(prefix):] or not other.endswith(".parquet") or (
+                window and (window[1] <= lo or window[0] >= hi)):
+            continue
+        try:
+            table = as_current_schema(OHLCV, _get(s3, bucket, other), other)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                continue   # merged by a compaction meanwhile: its rows now rank below this part
+            raise
+        ts = table.column("ts")
+        inside = pa.compute.and_(pa.compute.greater_equal(ts, pa.scalar(lo, type=ts.type)),
+                                 pa.compute.less(ts, pa.scalar(hi, type=ts.type)))
+        if not pa.compute.any(inside).as_py():
+            continue
+        write_object(s3, bucket, other, table.filter(pa.compute.invert(inside)))
+        changed.append(other)
+    return changed
 
 
 def _in_flight(fn, items: list, workers: int | None = None) -> list:

@@ -50,10 +50,12 @@ def read_day(s3, bucket, tf="1h"):
 
 
 def test_compaction_merges_a_day_into_one_object_holding_exactly_what_readers_saw(s3_client, bucket):
-    hourly_day(s3_client, bucket)
-    # a backfill's daily part overlaps the hourly ones; the later-named hourly parts win 01:00 onwards
+    # a backfill's daily part, then the hourly runs overlapping it: the newer hourly fetches win,
+    # 00:00 included (its part sorts before the daily one, which the 00:00 write therefore yields)
     write(s3_client, bucket, candles(DAY, 24, price=900.0), DAY, DAY + timedelta(days=1))
+    hourly_day(s3_client, bucket)
     before = read_day(s3_client, bucket)
+    assert before["close"].iloc[0] == 100.0 and not (before["close"] >= 900.0).any()
     assert len(lake.list_objects(s3_client, bucket, PREFIX.format(tf="1h"))) == 25
     [result] = compaction.compact_day(s3_client, bucket, "ohlcv", "2024-10-20", now=NOW, exchange="binance")
     assert result.status == "compacted" and result.merged == 25 and result.rows == 24 and result.kept == []
@@ -289,3 +291,4 @@ def test_no_reader_sees_a_revised_candle_revert_while_parts_are_deleted(s3_clien
     assert result.status == "compacted" and len(result.deleted) == 24
     assert wrong == []
     pd.testing.assert_frame_equal(read_day(s3_client, bucket), expected)
+

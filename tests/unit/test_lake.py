@@ -225,3 +225,29 @@ def test_read_table_hands_back_each_objects_metadata_it_read(s3_client, bucket):
     assert keys == [key] and len(frame) == 3
     assert metadata[key]["candleflow.sources"] == '["x"]'
     assert lake.read_table(s3_client, bucket, "ohlcv", exchange="binance")[1] == [key]
+
+
+def test_a_refetch_of_part_of_a_month_wins_over_the_month_object_whatever_its_name(s3_client, bucket):
+    """A forced re-fetch of October's first days (same start, narrower window) sorts before the
+    month chunk it revises; the write takes its window's rows out of that object, so the re-fetch is
+    what is read — a candle it no longer finds included — and a re-run changes nothing."""
+    month, tenth = datetime(2024, 10, 1, tzinfo=UTC), datetime(2024, 10, 10, tzinfo=UTC)
+    write(s3_client, bucket, candles(month, 24 * 31, price=100.0), month, month + timedelta(days=31))
+    refetch = candles(month, 24 * 9, price=500.0)
+    refetch = refetch[refetch["ts"] != pd.Timestamp("2024-10-03 07:00", tz="UTC")]   # gone at the exchange
+    [part] = write(s3_client, bucket, refetch, month, tenth)
+    assert part.key.endswith("part-20241001T000000Z_20241010T000000Z.parquet")
+    frame = lake.read(s3_client, bucket, exchange="binance", symbol="BTC", timeframe="1h")
+    early = frame[frame["ts"] < pd.Timestamp(tenth)]
+    assert len(early) == 24 * 9 - 1 and early["close"].min() >= 500.0
+    assert frame[frame["ts"] >= pd.Timestamp(tenth)]["close"].tolist() == list(100.0 + np.arange(24 * 9, 24 * 31))
+    listing = lake.list_objects(s3_client, bucket, "ohlcv/")
+    write(s3_client, bucket, refetch, month, tenth)
+    assert lake.list_objects(s3_client, bucket, "ohlcv/") == listing
+    # an hour re-fetched afterwards is named after the re-fetch and wins; re-running the re-fetch
+    # makes it the newest again: yield_window takes the hour's row back out of that part
+    hour = datetime(2024, 10, 5, 3, tzinfo=UTC)
+    write(s3_client, bucket, candles(hour, 1, price=-1.0), hour, hour + timedelta(hours=1))
+    assert lake.read(s3_client, bucket, start=hour, end=hour + timedelta(hours=1))["close"].tolist() == [-1.0]
+    assert lake.yield_window(s3_client, bucket, part.key, month, tenth) == [
+        "ohlcv/exchange=binance/symbol=BTC/timeframe=1h/month=2024-10/part-20241005T030000Z_20241005T040000Z.parquet"]
