@@ -135,8 +135,11 @@ def _losers(spec: lake.TableSpec, tables: list[pa.Table]) -> set[int]:
     rows = pd.concat(frames, ignore_index=True)
     keys = list(spec.unique_keys)
     values = [c for c in rows.columns if c not in keys and c != "_object"]
-    winners = rows.groupby(keys, sort=False, dropna=False)[values].transform("last")
-    same = (rows[values] == winners) | (rows[values].isna() & winners.isna())
+    # the row that is literally last per key (groupby's "last" would skip a null and pick an older value)
+    last = rows.groupby(keys, sort=False, dropna=False).cumcount(ascending=False).eq(0)
+    winners = rows[keys].merge(rows.loc[last, keys + values], on=keys, how="left")[values]
+    mine = rows[values]
+    same = (mine == winners) | (mine.isna() & winners.isna())
     return set(rows.loc[~same.all(axis=1), "_object"].tolist())
 
 

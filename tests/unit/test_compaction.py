@@ -292,3 +292,12 @@ def test_no_reader_sees_a_revised_candle_revert_while_parts_are_deleted(s3_clien
     assert wrong == []
     pd.testing.assert_frame_equal(read_day(s3_client, bucket), expected)
 
+
+def test_a_losing_row_is_found_even_when_the_winning_row_holds_a_null():
+    ts = pa.array(pd.to_datetime(["2024-10-20 05:00"], utc=True).astype("datetime64[ms, UTC]"))
+    older = pa.table({"ts": ts, "volume": pa.array([3.0])})
+    newer = pa.table({"ts": ts, "volume": pa.array([None], type=pa.float64())})
+    spec = lake.TableSpec("t", older.schema, ("exchange", "date"), ("ts",))
+    assert compaction._losers(spec, [older, newer]) == {0}
+    assert compaction._losers(spec, [newer, older]) == {0}
+    assert compaction._losers(spec, [older, older]) == set()
