@@ -192,8 +192,9 @@ def test_a_backfill_window_is_judged_one_month_at_a_time_with_the_same_findings(
     assert table[table["suite"] == "cross_exchange"]["element_count"].sum() == frame["deviation"].notna().sum()
 
 
-def test_runs_html_lists_every_run_that_published_data_docs_newest_first(s3_client, bucket):
-    """index.html shows the latest run; runs.html keeps the earlier ones reachable, with verdicts."""
+def test_runs_html_lists_the_runs_that_published_data_docs_newest_published_first(s3_client, bucket):
+    """index.html shows the latest run; runs.html keeps the earlier ones reachable, with verdicts,
+    in the order they published (a backfill of older data published last comes first), bounded."""
     import re
 
     from candleflow.quality.settings import load_quality
@@ -201,31 +202,31 @@ def test_runs_html_lists_every_run_that_published_data_docs_newest_first(s3_clie
     exchanges = ["binance", "bybit", "okx"]
     site = "reports/quality/data_docs/timeframe=1h/"
     config = dataclasses.replace(load_quality(), data_docs_history_runs=2)
-    for day, name in enumerate(("scheduled__2024-10-21T00:00:00+00:00", "manual__2024-10-22T00:00:00+00:00",
-                                "scheduled__2024-10-23T00:00:00+00:00")):
-        window = (START + timedelta(days=day), START + timedelta(days=day, hours=24))
+    # published in this order: the 21st, the 23rd, the 22nd (clean, published only with include_passed)
+    for day, name in ((1, "scheduled__2024-10-21T00:00:00+00:00"), (3, "scheduled__2024-10-23T00:00:00+00:00"),
+                      (2, "backfill__2024-10-22")):
+        window = (START + timedelta(days=day - 1), START + timedelta(days=day))
         for i, exchange in enumerate(exchanges):
             frame = frame_for(i, n=24).assign(ts=lambda f, lo=window[0]: f["ts"] + (lo - START))
-            if exchange == "okx" and day != 1:
+            if exchange == "okx" and day != 2:
                 frame.loc[7, ["close", "high"]] = frame.loc[7, "close"] * 1.1   # a bad print, warned
             lake.write_batch(s3_client, bucket, frame, exchange=exchange, symbol="ETH", timeframe="1h",
                              market="ETH/USDT", window_start=window[0], window_end=window[1])
-        config_day = config if day != 1 else dataclasses.replace(config, data_docs_include_passed=True)
+        config_day = config if day != 2 else dataclasses.replace(config, data_docs_include_passed=True)
         check_run(s3_client, bucket, ohlcv_prefix="ohlcv", timeframe="1h", window_start=window[0],
                   window_end=window[1], pairs=[(e, "ETH") for e in exchanges], scheduled=False, run_name=name,
                   config=config_day)
     keys = lake.list_objects(s3_client, bucket, site)
-    assert len([k for k in keys if k.startswith(site + "runs/")]) == 3
+    assert len([k for k in keys if k.startswith(site + "runs/")]) == 2   # the oldest entry was dropped
     page = s3_client.get_object(Bucket=bucket, Key=site + "runs.html")["Body"].read().decode()
-    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td class=\"\w+\">(\w+)</td>", page)
-    # the newest two (history_runs=2), newest first; the bad print is warn-level (kept), the clean
-    # middle run published only because of include_passed
-    assert rows == [("2024-10-23T00:00:00+00:00", "scheduled__2024-10-23T00:00:00+00:00", "warned"),
-                    ("2024-10-22T00:00:00+00:00", "manual__2024-10-22T00:00:00+00:00", "passed")]
+    rows = re.findall(r"<tr><td>[^<]+</td><td>(.*?)</td><td>(.*?)</td><td class=\"\w+\">(\w+)</td>", page)
+    # the bad print is warn-level (kept): "warned"; the clean run published only because of include_passed
+    assert rows == [("backfill__2024-10-22", "2024-10-22T00:00:00+00:00", "passed"),
+                    ("scheduled__2024-10-23T00:00:00+00:00", "2024-10-23T00:00:00+00:00", "warned")]
     links = re.findall(r'href="(validations/[^"]+)"', page)
     assert len(links) == 2 and all(site + link in keys for link in links)
     index = s3_client.get_object(Bucket=bucket, Key=site + "index.html")["Body"].read().decode()
-    assert '<a href="runs.html">' in index and "scheduled__2024-10-23" in index and "manual__" not in index
+    assert '<a href="runs.html">' in index and "backfill__2024-10-22" in index and "scheduled__" not in index
 
 
 def test_a_validation_verdict_is_warned_when_only_warn_level_expectations_failed():

@@ -220,12 +220,15 @@ def publish_data_docs(s3, bucket: str, results: list[tuple[str, dict]], *, timef
                 elif rel.startswith("validations/"):
                     pages.append(rel)
                 _put(s3, bucket, site_prefix + rel, body, content_type=content_type(rel))
+    published = datetime.now(UTC)
     run_entry = {"run_name": run_name or "manual", "run_time": run_time.astimezone(UTC).isoformat(),
+                 "published": published.isoformat(timespec="seconds"),
                  "validations": [{"label": label, "suite": gx_json["suite_name"], "verdict": _verdict(gx_json),
                                   "page": next((p for p in pages if p.endswith("/" + label.replace("/", "_") + ".html")),
                                                None)} for label, gx_json in results]}
     safe_run = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_entry["run_name"])
-    _put(s3, bucket, f"{site_prefix}runs/{run_time.astimezone(UTC):%Y%m%dT%H%M%SZ}_{safe_run}.json",
+    # keyed by when it published, not by its data window: a backfill of 2023 finishing now is news
+    _put(s3, bucket, f"{site_prefix}runs/{published:%Y%m%dT%H%M%S%fZ}_{safe_run}.json",
          json.dumps(run_entry, indent=1, sort_keys=True).encode(), content_type="application/json")
     _put(s3, bucket, site_prefix + "runs.html", _runs_page(s3, bucket, site_prefix, timeframe, history_runs),
          content_type="text/html")
@@ -245,14 +248,19 @@ def _verdict(gx_json: dict) -> str:
 
 
 def _runs_page(s3, bucket: str, site_prefix: str, timeframe: str, limit: int) -> bytes:
-    """runs.html: the newest `limit` runs' entries (`runs/<run time>_<run>.json`, one object per
+    """runs.html: the newest `limit` runs' entries (`runs/<published>_<run>.json`, one object per
     run, so concurrent runs never overwrite each other's), newest first, each validation a link to
-    its page with its verdict. Rebuilt from the listing by every run that publishes."""
+    its page with its verdict; older entries are deleted. Rebuilt from the listing by every run
+    that publishes (two publishing at once: the later rebuild may miss the other's entry until the
+    next publish; the entry itself is never lost)."""
     from html import escape
 
     from candleflow.lake import list_objects
 
-    keys = sorted(list_objects(s3, bucket, site_prefix + "runs/"), reverse=True)[:limit]
+    keys = sorted(list_objects(s3, bucket, site_prefix + "runs/"), reverse=True)
+    for old in keys[limit:]:   # the list stays bounded (their pages stay where they are)
+        s3.delete_object(Bucket=bucket, Key=old)
+    keys = keys[:limit]
     rows = []
     for key in keys:
         entry = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -262,17 +270,17 @@ def _runs_page(s3, bucket: str, site_prefix: str, timeframe: str, limit: int) ->
             for v in entry["validations"])
         verdicts = {v["verdict"] for v in entry["validations"]}
         verdict = next(v for v in ("failed", "warned", "passed") if v in verdicts or v == "passed")
-        rows.append(f'<tr><td>{escape(entry["run_time"])}</td><td>{escape(entry["run_name"])}</td>'
-                    f'<td class="{verdict}">{verdict}</td><td>{links}</td></tr>')
+        rows.append(f'<tr><td>{escape(entry["published"])}</td><td>{escape(entry["run_name"])}</td>'
+                    f'<td>{escape(entry["run_time"])}</td><td class="{verdict}">{verdict}</td><td>{links}</td></tr>')
     return (f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>candleflow quality runs, {escape(timeframe)}</title>
 <style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse}}
 td,th{{padding:4px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #ddd}}
 .passed{{color:#176f2c}} .warned{{color:#9a6700}} .failed{{color:#b00020}} a{{margin-right:10px}}</style></head>
 <body><h1>Quality runs, {escape(timeframe)}</h1>
-<p>The newest {len(rows)} run(s) that published Data Docs (at most {limit}), newest first.
+<p>The {len(rows)} run(s) that published Data Docs most recently (at most {limit}), newest first.
 <a href="index.html">The latest run's Data Docs</a>.</p>
-<table><tr><th>run time (UTC)</th><th>run</th><th>verdict</th><th>validations</th></tr>
+<table><tr><th>published (UTC)</th><th>run</th><th>data up to</th><th>verdict</th><th>validations</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """).encode()
