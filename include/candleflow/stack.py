@@ -207,11 +207,12 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "pids").mkdir(exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
+        restart_mlflow = False
         if name == "moto":
             # moto keeps S3 in memory: a new moto has no lake and none of MLflow's artifacts, so the
             # registry a previous run left in mlflow.db would name models whose files are gone
             # (promotion then fails loading the champion). The tracking server starts afresh with it.
-            self.stop("mlflow")
+            restart_mlflow = self.stop("mlflow")
             (self.state_dir / "mlflow.db").unlink(missing_ok=True)
         if name == "mlflow":
             self.ensure_buckets()
@@ -231,6 +232,8 @@ class LocalStack:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_file(name)}")
             if _healthy(service.health_url):
+                if restart_mlflow:   # it was running: bring it back, on the new moto
+                    self.start("mlflow")
                 return proc.pid
             time.sleep(0.5)
         self.stop(name)

@@ -193,7 +193,7 @@ def check_run(s3, bucket: str, *, ohlcv_prefix: str, timeframe: str, window_star
         findings = findings or bool(report.failed)
 
     if scheduled:
-        # one interval (never across a month) and the freshness lookback before it: one read for both
+        # its interval (plus the overlap re-fetched) and the freshness lookback: one read for both
         lookback = window_start
         if config.freshness.on:
             lookback = min(window_start, window_end - tf * (config.freshness_max_lag[timeframe] + 2))
