@@ -164,20 +164,26 @@ def write_batch(s3, bucket: str, candles: pd.DataFrame, *, exchange: str, symbol
     # This fetch is the newest word on its window. Readers rank objects by name, so an object named
     # after this part (a later start, or the same start and a wider window: a month chunk against
     # a re-fetch of its first days) would still decide the window's candles: take them out of it.
-    _in_flight(lambda job: yield_window(s3, bucket, job[0], job[2], job[3]),
-               [job for job in jobs if job[1].num_rows])
+    landed = [job for job in jobs if job[1].num_rows]
+    if landed:
+        # one listing for the whole batch (its months are consecutive), not one per month
+        after = list(list_objects(s3, bucket, partition_prefix(prefix, exchange, symbol, timeframe),
+                                  start_after=landed[0][0], stop=landed[-1][0].rsplit("/", 1)[0] + "/"))
+        _in_flight(lambda job: yield_window(s3, bucket, job[0], job[2], job[3], listing=after), landed)
     return [r for r in results if r is not None]
 
 
-def yield_window(s3, bucket: str, key: str, lo: datetime, hi: datetime) -> list[str]:
+def yield_window(s3, bucket: str, key: str, lo: datetime, hi: datetime, listing=None) -> list[str]:
     """Remove the rows of [lo, hi) from the objects of key's partition named after key (the ones
     that outrank it), rewriting each (one PUT; deleted when nothing is left). Returns the keys
-    changed. Objects named before key are outranked by it already and left alone."""
+    changed. Objects named before key are outranked by it already and left alone. `listing`: keys
+    listed already (any superset of the partition's keys after key), instead of listing here."""
     from botocore.exceptions import ClientError
 
     prefix = key.rsplit("/", 1)[0] + "/"
+    keys = list_objects(s3, bucket, prefix, start_after=key) if listing is None else listing
     changed = []
-    for other in list_objects(s3, bucket, prefix, start_after=key):
+    for other in sorted(k for k in keys if k > key and k.startswith(prefix)):
         window = object_window(other)
         if "/" in other[len(prefix):] or not other.endswith(".parquet") or (
                 window and (window[1] <= lo or window[0] >= hi)):
