@@ -8,12 +8,14 @@ with the Great Expectations suite and written to the Hive-partitioned parquet la
 (`ohlcv/exchange=…/symbol=…/timeframe=1m/month=…/`); a bad batch goes to `quarantine/` with its
 report and fails that exchange's `verdict` (the other batches still land). Keys are deterministic
 per interval: re-running a run replaces its objects. Every gap is recorded with its reason in the
-gap ledger (`coverage/`), and the coverage heatmap is rebuilt at
+gap ledger (`coverage/`); `lake_compaction` rebuilds the coverage heatmap daily at
 `reports/coverage/timeframe=1m/coverage.html` in the lake bucket.
 
 **Backfill** from the UI (Dag → Backfill, or `airflow backfill create --dag-id ohlcv_ingest_1m
 --from-date … --to-date …`) runs one interval per run; for long ranges use `ohlcv_backfill`,
-which chunks and resumes. A run that lands candles updates the `candleflow_ohlcv_1m` asset, which
+which chunks, resumes and rebuilds the coverage report of its months (backfill `lake_compaction`
+over the same dates to compact them and refresh their coverage).
+A run that lands candles updates the `candleflow_ohlcv_1m` asset, which
 triggers `train_models`.
 """
 

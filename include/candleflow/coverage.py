@@ -184,8 +184,12 @@ def read_entries(s3, bucket: str, *, exchange: str | None = None, symbol: str | 
 
     listing = listing_prefix(prefix, exchange=exchange, symbol=symbol, timeframe=timeframe)
     first, last = _time_bounds(start, end, "%Y-%m-%d")
+    bounds = {}
+    if exchange and symbol and timeframe:   # the next level is date=: list only the wanted dates
+        bounds = {"start_after": f"{listing}date={first}" if first else None,
+                  "stop": f"{listing}date={last}/" if last else None}
     keys = []
-    for key in sorted(list_objects(s3, bucket, listing)):
+    for key in sorted(list_objects(s3, bucket, listing, **bounds)):
         if not key.endswith(".json") or (timeframe and f"/timeframe={timeframe}/" not in key) \
                 or (symbol and f"/symbol={symbol}/" not in key):
             continue
@@ -212,22 +216,32 @@ def day_complete(entries: list[LedgerEntry], date: str, tf_ms: int) -> bool:
     return all(t in covered for t in range(day_start, day_start + 86_400_000, tf_ms))
 
 
-def coverage_table(entries: list[LedgerEntry]):
-    """exchange × symbol × timeframe: first and last candle day, expected vs present, gap counts by reason."""
+DAY_COLUMNS = ["exchange", "symbol", "timeframe", "date", "expected", "present", *(f"gaps_{r}" for r in REASONS)]
+
+
+def daily_counts(entries: list[LedgerEntry]):
+    """One row per (exchange, symbol, timeframe, date): `day_counts` of that day's entries."""
     import pandas as pd
 
-    if not entries:
-        return pd.DataFrame(columns=["exchange", "symbol", "timeframe", "first_date", "last_date", "expected",
-                                     "present", "missing", "coverage", *(f"gaps_{r}" for r in REASONS)])
     by_day: dict[tuple, list[LedgerEntry]] = {}
     for entry in entries:
         by_day.setdefault((entry.exchange, entry.symbol, entry.timeframe, entry.date), []).append(entry)
-    records = []
-    for (exchange, symbol, timeframe, date), windows in by_day.items():
-        record = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "date": date,
-                  **day_counts(windows)}
-        records.append(record)
-    daily = pd.DataFrame(records)
+    records = [{"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "date": date, **day_counts(windows)}
+               for (exchange, symbol, timeframe, date), windows in sorted(by_day.items())]
+    if not records:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c not in DAY_COLUMNS[:4] else "object")
+                             for c in DAY_COLUMNS})
+    return pd.DataFrame(records)[DAY_COLUMNS]
+
+
+def aggregate_days(daily):
+    """exchange × symbol × timeframe from daily rows: first and last day with candles, expected vs
+    present, gap counts by reason."""
+    import pandas as pd
+
+    if daily.empty:
+        return pd.DataFrame(columns=["exchange", "symbol", "timeframe", "first_date", "last_date", "expected",
+                                     "present", "missing", "coverage", *(f"gaps_{r}" for r in REASONS)])
     present_days = daily[daily["present"] > 0]
     table = daily.groupby(["exchange", "symbol", "timeframe"], as_index=False).agg(
         expected=("expected", "sum"), present=("present", "sum"),
@@ -239,6 +253,11 @@ def coverage_table(entries: list[LedgerEntry]):
     table["coverage"] = (table["present"] / table["expected"].where(table["expected"] > 0)).round(4)
     return table[["exchange", "symbol", "timeframe", "first_date", "last_date", "expected", "present", "missing",
                   "coverage", *(f"gaps_{r}" for r in REASONS)]]
+
+
+def coverage_table(entries: list[LedgerEntry]):
+    """exchange × symbol × timeframe: first and last candle day, expected vs present, gap counts by reason."""
+    return aggregate_days(daily_counts(entries))
 
 
 def _verdicts(entry: LedgerEntry, tf_ms: int) -> dict[int, str | None]:
@@ -322,19 +341,90 @@ the reason of every gap). n/l = not listed on that exchange. Source: the gap led
 <table><tr><th></th>{head}</tr>{''.join(rows)}</table></body></html>"""
 
 
-def publish_report(s3, bucket: str, timeframe: str, prefix: str = COVERAGE_PREFIX) -> dict:
-    """Write the coverage table (parquet) and its heatmap (HTML) for one timeframe; returns the keys."""
+def month_table_key(timeframe: str, month: str) -> str:
+    return f"{REPORT_PREFIX}/timeframe={timeframe}/days/month={month}.parquet"
+
+
+def _pairs(s3, bucket: str, prefix: str) -> list[tuple[str, str]]:
+    """(exchange, symbol) of every pair with a ledger, found by delimiter listings (the cost is the
+    number of pairs, not of entries)."""
+    from candleflow.compaction import _common_prefixes
+
+    pairs = []
+    for ex_path in _common_prefixes(s3, bucket, f"{prefix}/"):
+        exchange = ex_path.rstrip("/").rsplit("exchange=", 1)[-1]
+        for sym_path in _common_prefixes(s3, bucket, ex_path):
+            pairs.append((exchange, sym_path.rstrip("/").rsplit("symbol=", 1)[-1]))
+    return pairs
+
+
+def _put_days(s3, bucket: str, key: str, daily) -> None:
     import io
 
-    entries = read_entries(s3, bucket, timeframe=timeframe, prefix=prefix)
-    table = coverage_table(entries)
+    if daily.empty:
+        s3.delete_object(Bucket=bucket, Key=key)
+        return
+    sink = io.BytesIO()
+    daily.sort_values(["exchange", "symbol", "date"]).reset_index(drop=True).to_parquet(sink, index=False)
+    s3.put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
+
+
+def update_months(s3, bucket: str, timeframe: str, months: list[str], prefix: str = COVERAGE_PREFIX) -> list[str]:
+    """Rebuild the daily table of each month (`…/days/month=YYYY-MM.parquet`) from that month's
+    ledger entries only; returns the keys written."""
+    from candleflow.lake import _in_flight, partition_window
+
+    pairs = _pairs(s3, bucket, prefix)
+    keys = []
+    for month in sorted(set(months)):
+        lo, hi = partition_window("month", month)
+        per_pair = _in_flight(lambda pair, lo=lo, hi=hi: read_entries(
+            s3, bucket, exchange=pair[0], symbol=pair[1], timeframe=timeframe, prefix=prefix, start=lo, end=hi), pairs)
+        key = month_table_key(timeframe, month)
+        _put_days(s3, bucket, key, daily_counts([e for entries in per_pair for e in entries]))
+        keys.append(key)
+    return keys
+
+
+def publish_report(s3, bucket: str, timeframe: str, prefix: str = COVERAGE_PREFIX,
+                   months: list[str] | None = None) -> dict:
+    """Write the coverage table (parquet) and its heatmap (HTML) for one timeframe; returns the keys.
+
+    The table is folded from per-month daily tables (`days/month=YYYY-MM.parquet`): `months` are
+    rebuilt from their ledger entries (a backfill's months, the days a compaction merged), the
+    others are read as they are, so a report costs the months that changed, not the ledger's whole
+    history. months=None rebuilds every month from the whole ledger."""
+    import io
+
+    import pandas as pd
+
+    from candleflow.lake import _in_flight, list_objects
+
+    days_prefix = f"{REPORT_PREFIX}/timeframe={timeframe}/days/"
+    if months is None:
+        daily = daily_counts(read_entries(s3, bucket, timeframe=timeframe, prefix=prefix))
+        by_month = {month: rows for month, rows in daily.groupby(daily["date"].str[:7])} if len(daily) else {}
+        for key in list_objects(s3, bucket, days_prefix):
+            if key.rsplit("month=", 1)[-1][:7] not in by_month:
+                s3.delete_object(Bucket=bucket, Key=key)
+        for month, rows in by_month.items():
+            _put_days(s3, bucket, month_table_key(timeframe, month), rows)
+    else:
+        update_months(s3, bucket, timeframe, months, prefix)
+    tables = _in_flight(lambda key: pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())),
+                        sorted(list_objects(s3, bucket, days_prefix)))
     base = f"{REPORT_PREFIX}/timeframe={timeframe}/"
+    if not tables and months is not None and not list_objects(s3, bucket, base + "coverage.parquet"):
+        return {"table": None, "heatmap": None, "pairs": 0, "months_rebuilt": len(months)}  # never ingested
+    daily = pd.concat(tables, ignore_index=True) if tables else daily_counts([])
+    table = aggregate_days(daily)
     sink = io.BytesIO()
     table.to_parquet(sink, index=False)
     s3.put_object(Bucket=bucket, Key=base + "coverage.parquet", Body=sink.getvalue())
     s3.put_object(Bucket=bucket, Key=base + "coverage.html", Body=heatmap_html(table, timeframe).encode(),
                   ContentType="text/html; charset=utf-8")
-    return {"table": base + "coverage.parquet", "heatmap": base + "coverage.html", "pairs": len(table)}
+    return {"table": base + "coverage.parquet", "heatmap": base + "coverage.html", "pairs": len(table),
+            "months_rebuilt": len(months) if months is not None else len(tables)}
 
 
 # -- compaction: a finished day's windows → one entry per covered stretch ------------------------

@@ -61,5 +61,21 @@ def compact(request: dict) -> dict:
     return totals
 
 
+@task
+def coverage_reports(requests: list[dict]) -> dict:
+    """Rebuild each timeframe's coverage report from the months of the compacted days (their
+    ledger is one entry per pair and day now); the other months' daily tables are reused. A
+    timeframe without ledger entries in those months and no report yet gets none."""
+    from candleflow import coverage
+    from candleflow.config import TIMEFRAMES, load_pipeline
+
+    cfg = load_pipeline()
+    s3 = s3_client(cfg.lake.aws_conn_id)
+    months = sorted({date[:7] for request in requests for date in request["dates"]})
+    return {timeframe: coverage.publish_report(s3, cfg.lake.bucket, timeframe, months=months)
+            for timeframe in TIMEFRAMES}
+
+
 def lake_compaction_graph() -> None:
-    compact.expand(request=plan_compaction())
+    requests = plan_compaction()
+    compact.expand(request=requests) >> coverage_reports(requests)

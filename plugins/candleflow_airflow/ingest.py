@@ -210,16 +210,22 @@ def announce(reports, timeframe: str, outlet_events=None) -> dict:
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 def coverage_report(reports) -> dict:
-    """Rebuild the coverage table and heatmap of the timeframe(s) this run touched."""
-    from candleflow import coverage
-    from candleflow.config import load_pipeline
+    """Rebuild the coverage table and heatmap of the timeframe(s) a backfill touched, from the
+    ledger of the months its chunks cover. A scheduled run leaves it to `lake_compaction`, which
+    rebuilds the months of the days it compacts: re-reading a month of ledger every minute (a 1m
+    ingest) would cost more than the collection itself."""
+    from candleflow import coverage, lake
+    from candleflow.config import load_pipeline, parse_utc
 
+    if getattr(get_current_context()["dag"], "schedule", None) is not None:
+        return {"deferred": "scheduled runs: lake_compaction rebuilds the coverage report daily"}
     cfg = load_pipeline()
     s3 = s3_client(cfg.lake.aws_conn_id)
-    timeframes = sorted({r["timeframe"] for r in (reports or []) if r})
     published = {}
-    for timeframe in timeframes:
-        published[timeframe] = coverage.publish_report(s3, cfg.lake.bucket, timeframe)
+    for timeframe in sorted({r["timeframe"] for r in (reports or []) if r}):
+        months = {month for r in reports if r and r["timeframe"] == timeframe for c in r["chunks"]
+                  for month, _, _ in lake.time_slices(parse_utc(c["start"], "start"), parse_utc(c["end"], "end"))}
+        published[timeframe] = coverage.publish_report(s3, cfg.lake.bucket, timeframe, months=sorted(months))
     return published
 
 

@@ -2,8 +2,8 @@
 Airflow's API server and links to it in the UI's Browse menu (Airflow 3 plugin `fastapi_apps` +
 `external_views`).
 
-- `GET /candleflow/coverage/<timeframe>` returns the page `coverage_report` rebuilt after the last
-  ingest run (`reports/coverage/timeframe=<tf>/coverage.html` in the lake bucket).
+- `GET /candleflow/coverage/<timeframe>` returns the page rebuilt by the last backfill or daily
+  `lake_compaction` (`reports/coverage/timeframe=<tf>/coverage.html` in the lake bucket).
 - `GET /candleflow/quality/<timeframe>/<path>` serves the static GX Data Docs site the ingest's
   `quality_checks` task writes (`reports/quality/data_docs/timeframe=<tf>/…`, see docs/quality.md):
   `index.html` lists the last run's validations, its relative links to pages and assets resolve

@@ -5,6 +5,7 @@ a re-run changes nothing."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -59,11 +60,16 @@ def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db,
     with Session() as session:
         tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances(session=session)}
     assert [tis[("compact", i)].state for i in range(5)] == ["success"] * 5
+    assert tis[("coverage_reports", -1)].state == "success"
     listing = lake.list_objects(s3_client, bucket)
     by_partition: dict[str, list[str]] = {}
     for key in listing:
         path, name = key.rsplit("/", 1)
-        by_partition.setdefault(path, []).append(name)
+        if not path.startswith("reports/"):
+            by_partition.setdefault(path, []).append(name)
+    assert sorted(k for k in listing if k.startswith("reports/")) == [
+        "reports/coverage/timeframe=1h/coverage.html", "reports/coverage/timeframe=1h/coverage.parquet",
+        "reports/coverage/timeframe=1h/days/month=2024-10.parquet"]
     for path, names in by_partition.items():
         if path.endswith("date=2024-10-20"):   # the ledger's finished day: one entry, hour 7 a gap
             assert names == ["compacted-20241020T000000Z_20241021T000000Z.json"], path
@@ -81,6 +87,11 @@ def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db,
         assert coverage.day_counts([e for e in ledger if e.date == date]) == coverage.day_counts(
             [e for e in ledger_before if e.date == date])
     assert coverage.day_counts([e for e in ledger if e.date == "2024-10-20"])["gaps_exchange_returned_none"] == 1
+    # the coverage report was rebuilt from October's (now compacted) ledger: what the ledger says
+    report = pd.read_parquet(io.BytesIO(s3_client.get_object(
+        Bucket=bucket, Key="reports/coverage/timeframe=1h/coverage.parquet")["Body"].read()))
+    pd.testing.assert_frame_equal(report, coverage.coverage_table(ledger), check_dtype=False)
+    assert report["missing"].tolist() == [1]
     after = lake.read(s3_client, bucket, timeframe="1h")
     pd.testing.assert_frame_equal(after, before)
     assert np.array_equal(after.groupby(["exchange", "symbol"]).size().to_numpy(), [51, 51, 51])

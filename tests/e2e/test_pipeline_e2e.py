@@ -165,8 +165,12 @@ def test_the_gap_ledger_and_coverage_report_explain_the_quarantined_pair(backfil
 def test_hourly_ingest_run_writes_its_interval(backfill, lake):
     from candleflow import lake as lake_mod
 
+    report = "reports/coverage/timeframe=1h/coverage.parquet"
+    report_etag = lake[0].head_object(Bucket=lake[1], Key=report)["ETag"]
     run = _get_dag("ohlcv_ingest").test(logical_date=datetime(2024, 10, 29, 22, tzinfo=UTC))
     assert run.state == "success", _task_states(run)
+    # a scheduled run leaves the coverage report to lake_compaction (it does not re-read the ledger)
+    assert lake[0].head_object(Bucket=lake[1], Key=report)["ETag"] == report_etag
     start, end = run.data_interval_start, run.data_interval_end
     assert (end - start).total_seconds() == 3600
     frame = lake_mod.read(*lake, timeframe="1h", start=start, end=end)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
+
+import pandas as pd
 
 from candleflow import coverage
 
@@ -164,3 +167,40 @@ def test_no_reader_sees_a_revised_verdict_revert_while_windows_are_deleted(s3_cl
     [result] = coverage.compact_day(compactor, bucket, "2024-10-20", now=NOW)
     assert result["merged"] == 24 and len(result["deleted"]) == 24 and len(seen) == 24
     assert all(counts == expected for counts in seen)
+
+
+def test_the_report_rebuilds_only_the_months_that_changed_and_equals_a_full_rebuild(s3_client, bucket):
+    sep, octo = datetime(2024, 9, 29, tzinfo=UTC), datetime(2024, 10, 2, tzinfo=UTC)
+    for lo, symbol in ((sep, "BTC"), (octo, "BTC"), (octo, "ETH")):
+        coverage.write_entries(s3_client, bucket, window(lo, lo + timedelta(days=1),
+                                                         [lo + timedelta(hours=i) for i in range(24) if i != 3],
+                                                         symbol=symbol))
+    full = coverage.publish_report(s3_client, bucket, "1h")
+    assert full["pairs"] == 2 and full["months_rebuilt"] == 2
+    september = coverage.month_table_key("1h", "2024-09")
+    etag = s3_client.head_object(Bucket=bucket, Key=september)["ETag"]
+    # a later run re-fetched October 2nd 03:00: only October is rebuilt, September's table is reused
+    hour = octo + timedelta(hours=3)
+    coverage.write_entries(s3_client, bucket, window(hour, hour + timedelta(hours=1), [hour]))
+    listed = []
+
+    def count(params, **_):
+        listed.append((params["Prefix"], params.get("StartAfter")))
+
+    s3_client.meta.events.register("before-parameter-build.s3.ListObjectsV2", count)
+    try:
+        coverage.publish_report(s3_client, bucket, "1h", months=["2024-10"])
+    finally:
+        s3_client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", count)
+    assert s3_client.head_object(Bucket=bucket, Key=september)["ETag"] == etag
+    # each pair's ledger is listed from October on (the key's date), not from its first day
+    ledger = [(prefix, after) for prefix, after in listed if prefix.startswith("coverage/") and "/timeframe=" in prefix]
+    assert ledger and all(after == f"{prefix}date=2024-10-01" for prefix, after in ledger)
+    got = pd.read_parquet(io.BytesIO(s3_client.get_object(
+        Bucket=bucket, Key="reports/coverage/timeframe=1h/coverage.parquet")["Body"].read()))
+    expected = coverage.coverage_table(coverage.read_entries(s3_client, bucket, timeframe="1h"))
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
+    assert got.set_index("symbol").loc["BTC", "present"] == 47
+    # a timeframe nothing was ingested in gets no report
+    assert coverage.publish_report(s3_client, bucket, "5m", months=["2024-10"])["table"] is None
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix="reports/coverage/timeframe=5m/")["KeyCount"] == 0
