@@ -252,21 +252,23 @@ class Limiter:
         if status == 429 or refused:
             self._refused(now, retry_after, url, _seconds(headers.get("x-bapi-limit-reset-timestamp")))
             return
-        hold = self._steer(headers, now)
+        hold = self._steer(url, headers, now)
         if hold:
             with self._locked() as state:
                 state["hold_until"] = max(state.get("hold_until", 0.0), hold)
 
-    def _steer(self, headers: dict, now: float) -> float | None:
+    def _steer(self, url: str, headers: dict, now: float) -> float | None:
         budget = self.budget
         # our own pacing puts at most (1 + margin) / 2 of the limit in a window: more is someone else
         share = max(budget.steer_at, (1 + self.margin) / 2)
         if "x-mbx-used-weight-1m" in headers:
-            bucket = budget.buckets[0]
+            # the weight of the limit that metered this request: spot's 6000 or futures' 2400 a minute
+            path, _ = self._route(url)
+            minute = [b for b in budget.buckets if b.type == "window" and b.seconds == 60 and b.cost(path) is not None]
             used = _seconds(headers["x-mbx-used-weight-1m"]) or 0.0
-            excess = used - share * bucket.limit
+            excess = used - share * minute[0].limit if minute else 0.0
             if excess > 0:
-                return now + excess / bucket.rate   # until the window has shed the excess
+                return now + excess / minute[0].rate   # until the window has shed the excess
         if "x-bapi-limit-status" in headers:
             limit = _seconds(headers.get("x-bapi-limit")) or budget.buckets[0].limit
             remaining = _seconds(headers["x-bapi-limit-status"])

@@ -162,6 +162,51 @@ def test_binance_used_weight_header_steers(tmp_path):
     assert limiter.snapshot()["hold_until"] - now == pytest.approx(500 / 100, abs=0.5)
 
 
+def _metered(charges) -> list[tuple]:
+    """What a request spends, comparable between the emulator and the limiter: (type, limit,
+    window seconds, cost, metered per query value)."""
+    return sorted(charges)
+
+
+@pytest.mark.parametrize("exchange", ["binance", "bybit", "okx", "coinbase", "kraken"])
+def test_the_limiter_meters_every_route_as_the_emulator_enforces_it(exchange, tmp_path):
+    # budgets.yaml says it carries the figures the emulator enforces: for every route the emulator
+    # serves (candles, markets, funding, open interest), the limiter must pace the same buckets at
+    # the same cost. binance's futures routes used to be charged to the spot weight and okx's
+    # derivative routes to nothing, so a derivatives backfill ran into 429s the limiter never saw.
+    server = EmulatorServer(clock="2024-10-30T00:30:00Z")
+    enforced = server.limits.exchanges[exchange]
+    limiter = ratelimit.Limiter(_budget(exchange), tmp_path, path_prefix="")
+    query = {"symbol": "BTCUSDT", "instId": "BTC-USDT", "pair": "XBTUSD"}
+    for pattern in server.routes[exchange]:
+        emulator_side = []
+        for _, cost, b in enforced._buckets(pattern, query):
+            counter = b.get("type") == "counter"
+            limit = b["max"] if counter else b["limit"]
+            seconds = b["max"] / b["decay_per_second"] if counter else b["seconds"]
+            per_query = bool(b.get("per_query")) and pattern in b.get("per_query_endpoints", [pattern])
+            emulator_side.append(("counter" if counter else "window", float(limit), float(seconds), cost, per_query))
+        url = "https://example.com" + pattern.replace("*", "BTC-USD") + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+        limiter_side = [(b.type, float(b.limit), float(b.seconds), cost, b.per_query is not None)
+                        for _, b, cost in limiter._charges(url)]
+        assert _metered(limiter_side) == _metered(emulator_side), f"{exchange} {pattern}"
+
+
+def test_binance_futures_routes_are_paced_on_their_own_limits(tmp_path):
+    limiter = ratelimit.Limiter(_budget("binance"), tmp_path, path_prefix="")
+    funding = "https://fapi.binance.com/fapi/v1/fundingRate?symbol=BTCUSDT&limit=1000"
+    klines = "https://api.binance.com/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1000"
+    now = time.time()
+    waits = [limiter._reserve(funding, now)[0] for _ in range(120)]
+    # fundingRate shares 500 per 5 min: at 80 % that is 4 every 3 s after a burst of 50
+    assert waits[49] == pytest.approx(0, abs=1e-6) and waits[119] == pytest.approx(70 * 300 / 400, rel=0.03)
+    # the spot weight was not spent by them: a klines request goes at once
+    assert limiter._reserve(klines, now)[0] == pytest.approx(0, abs=1e-6)
+    # the used-weight header of a futures answer is the futures weight (2400 a minute), not spot's 6000
+    limiter.observe(funding, 200, {"X-MBX-USED-WEIGHT-1M": "2300"}, "[]")
+    assert limiter.snapshot()["hold_until"] - now == pytest.approx((2300 - 0.9 * 2400) / 40, abs=0.5)
+
+
 def test_bybit_remaining_header_steers_until_its_reset(tmp_path):
     limiter = ratelimit.Limiter(_budget("bybit"), tmp_path, path_prefix="")
     url = "https://api.bybit.com/v5/market/kline?symbol=BTCUSDT"
