@@ -198,8 +198,27 @@ def read_entries(s3, bucket: str, *, exchange: str | None = None, symbol: str | 
             if date is None or (first and date < first) or (last and date > last):
                 continue
         keys.append(key)
-    return _in_flight(lambda key: LedgerEntry.from_json(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())),
-                      keys)
+
+    def get(key: str) -> LedgerEntry | None:
+        try:
+            return LedgerEntry.from_json(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        except s3.exceptions.NoSuchKey:
+            return None
+
+    got = dict(zip(keys, _in_flight(get, keys), strict=True))
+    for _ in range(3):
+        # a window listed but gone: lake_compaction merged its day meanwhile. The merged entry was
+        # written before any window was deleted, so listing the day again finds it.
+        gone = sorted({key.rsplit("/", 1)[0] + "/" for key, entry in got.items() if entry is None})
+        if not gone:
+            return [got[key] for key in sorted(got)]
+        for day in gone:
+            for key in [k for k in got if k.startswith(day)]:
+                del got[key]
+            fresh = [k for k in list_objects(s3, bucket, day) if k.endswith(".json")]
+            got.update(zip(fresh, _in_flight(get, fresh), strict=True))
+    raise RuntimeError(f"gap ledger {', '.join(gone)}: its entries kept changing while being read; "
+                       "retry the task (a compaction of those days was running)")
 
 
 def day_complete(entries: list[LedgerEntry], date: str, tf_ms: int) -> bool:

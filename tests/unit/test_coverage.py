@@ -204,3 +204,28 @@ def test_the_report_rebuilds_only_the_months_that_changed_and_equals_a_full_rebu
     # a timeframe nothing was ingested in gets no report
     assert coverage.publish_report(s3_client, bucket, "5m", months=["2024-10"])["table"] is None
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix="reports/coverage/timeframe=5m/")["KeyCount"] == 0
+
+
+def test_a_reader_listing_before_a_compaction_and_reading_after_it_misses_nothing(s3_client, bucket, moto_server):
+    """read_entries lists, then GETs: lake_compaction may merge the day in between, deleting the
+    listed windows. The day is listed again (the merged entry was written before the deletes)."""
+    import boto3
+
+    hourly_runs(s3_client, bucket)
+    expected = coverage.day_counts(coverage.read_entries(s3_client, bucket))
+    compactor = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    compacted = []
+
+    def compact_once(**_):
+        if not compacted:
+            compacted.extend(coverage.compact_day(compactor, bucket, "2024-10-20", now=NOW))
+
+    s3_client.meta.events.register("before-call.s3.GetObject", compact_once)
+    try:
+        entries = coverage.read_entries(s3_client, bucket)
+    finally:
+        s3_client.meta.events.unregister("before-call.s3.GetObject", compact_once)
+    assert compacted and compacted[0]["merged"] == 24
+    assert [e.compacted for e in entries] == [True]
+    assert coverage.day_counts(entries) == expected
