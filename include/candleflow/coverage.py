@@ -388,6 +388,23 @@ def _put_days(s3, bucket: str, key: str, daily) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
 
 
+def _rebuild_all(s3, bucket: str, timeframe: str, prefix: str) -> int:
+    """Every month's daily table from the timeframe's whole ledger, listed pair by pair; tables of
+    months without entries are deleted. Returns the number of months written."""
+    from candleflow.lake import _in_flight, list_objects
+
+    per_pair = _in_flight(lambda pair: read_entries(
+        s3, bucket, exchange=pair[0], symbol=pair[1], timeframe=timeframe, prefix=prefix), _pairs(s3, bucket, prefix))
+    daily = daily_counts([e for entries in per_pair for e in entries])
+    by_month = {month: rows for month, rows in daily.groupby(daily["date"].str[:7])} if len(daily) else {}
+    for key in list_objects(s3, bucket, f"{REPORT_PREFIX}/timeframe={timeframe}/days/"):
+        if key.rsplit("month=", 1)[-1][:7] not in by_month:
+            s3.delete_object(Bucket=bucket, Key=key)
+    for month, rows in by_month.items():
+        _put_days(s3, bucket, month_table_key(timeframe, month), rows)
+    return len(by_month)
+
+
 def update_months(s3, bucket: str, timeframe: str, months: list[str], prefix: str = COVERAGE_PREFIX) -> list[str]:
     """Rebuild the daily table of each month (`…/days/month=YYYY-MM.parquet`) from that month's
     ledger entries only; returns the keys written."""
@@ -412,7 +429,9 @@ def publish_report(s3, bucket: str, timeframe: str, prefix: str = COVERAGE_PREFI
     The table is folded from per-month daily tables (`days/month=YYYY-MM.parquet`): `months` are
     rebuilt from their ledger entries (a backfill's months, the days a compaction merged), the
     others are read as they are, so a report costs the months that changed, not the ledger's whole
-    history. months=None rebuilds every month from the whole ledger."""
+    history. months=None rebuilds every month from the whole ledger; so does the first report of a
+    timeframe without month tables (a lake whose report predates them: rebuilding only the given
+    months would shrink its report to them)."""
     import io
 
     import pandas as pd
@@ -420,21 +439,15 @@ def publish_report(s3, bucket: str, timeframe: str, prefix: str = COVERAGE_PREFI
     from candleflow.lake import _in_flight, list_objects
 
     days_prefix = f"{REPORT_PREFIX}/timeframe={timeframe}/days/"
-    if months is None:
-        daily = daily_counts(read_entries(s3, bucket, timeframe=timeframe, prefix=prefix))
-        by_month = {month: rows for month, rows in daily.groupby(daily["date"].str[:7])} if len(daily) else {}
-        for key in list_objects(s3, bucket, days_prefix):
-            if key.rsplit("month=", 1)[-1][:7] not in by_month:
-                s3.delete_object(Bucket=bucket, Key=key)
-        for month, rows in by_month.items():
-            _put_days(s3, bucket, month_table_key(timeframe, month), rows)
+    if months is None or not list_objects(s3, bucket, days_prefix):
+        rebuilt = _rebuild_all(s3, bucket, timeframe, prefix)
     else:
-        update_months(s3, bucket, timeframe, months, prefix)
+        rebuilt = len(update_months(s3, bucket, timeframe, months, prefix))
     tables = _in_flight(lambda key: pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())),
                         sorted(list_objects(s3, bucket, days_prefix)))
     base = f"{REPORT_PREFIX}/timeframe={timeframe}/"
     if not tables and months is not None and not list_objects(s3, bucket, base + "coverage.parquet"):
-        return {"table": None, "heatmap": None, "pairs": 0, "months_rebuilt": len(months)}  # never ingested
+        return {"table": None, "heatmap": None, "pairs": 0, "months_rebuilt": 0}  # never ingested
     daily = pd.concat(tables, ignore_index=True) if tables else daily_counts([])
     table = aggregate_days(daily)
     sink = io.BytesIO()
@@ -443,7 +456,7 @@ def publish_report(s3, bucket: str, timeframe: str, prefix: str = COVERAGE_PREFI
     s3.put_object(Bucket=bucket, Key=base + "coverage.html", Body=heatmap_html(table, timeframe).encode(),
                   ContentType="text/html; charset=utf-8")
     return {"table": base + "coverage.parquet", "heatmap": base + "coverage.html", "pairs": len(table),
-            "months_rebuilt": len(months) if months is not None else len(tables)}
+            "months_rebuilt": rebuilt}
 
 
 # -- compaction: a finished day's windows → one entry per covered stretch ------------------------

@@ -206,6 +206,21 @@ def test_the_report_rebuilds_only_the_months_that_changed_and_equals_a_full_rebu
     assert s3_client.list_objects_v2(Bucket=bucket, Prefix="reports/coverage/timeframe=5m/")["KeyCount"] == 0
 
 
+def test_the_first_report_without_month_tables_covers_the_whole_ledger(s3_client, bucket):
+    """A lake whose report predates the month tables: the first daily compaction after the upgrade
+    names one month; rebuilding only it shrank the report to that month."""
+    for day in (datetime(2024, 9, 10, tzinfo=UTC), datetime(2024, 10, 2, tzinfo=UTC), datetime(2024, 11, 2, tzinfo=UTC)):
+        coverage.write_entries(s3_client, bucket, window(day, day + timedelta(days=1),
+                                                         [day + timedelta(hours=i) for i in range(24)]))
+    coverage.publish_report(s3_client, bucket, "1h")
+    for key in [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix="reports/coverage/timeframe=1h/days/")["Contents"]]:
+        s3_client.delete_object(Bucket=bucket, Key=key)   # the report as the previous release left it
+    published = coverage.publish_report(s3_client, bucket, "1h", months=["2024-11"])
+    assert published["months_rebuilt"] == 3
+    got = pd.read_parquet(io.BytesIO(s3_client.get_object(Bucket=bucket, Key=published["table"])["Body"].read()))
+    assert (got.loc[0, "first_date"], got.loc[0, "last_date"], got.loc[0, "expected"]) == ("2024-09-10", "2024-11-02", 72)
+
+
 def test_a_reader_listing_before_a_compaction_and_reading_after_it_misses_nothing(s3_client, bucket, moto_server):
     """read_entries lists, then GETs: lake_compaction may merge the day in between, deleting the
     listed windows. The day is listed again (the merged entry was written before the deletes)."""
