@@ -52,7 +52,7 @@ from candleflow_airflow.ingest import ohlcv_ingest_graph, plan_from_params
     },
 )
 def ohlcv_backfill():
-    ohlcv_ingest_graph(plan_from_params(), timeframes=TIMEFRAMES)
+    ohlcv_ingest_graph(plan_from_params(), timeframes=TIMEFRAMES, coverage=True)
 
 
 ohlcv_backfill()

@@ -375,6 +375,17 @@ def pool_name(exchange: str) -> str:
     return f"candleflow_{exchange}"
 
 
+# Rebuilds of the coverage report (ohlcv_backfill's coverage_report, lake_compaction's
+# coverage_reports) read a month's daily table and write it whole: one at a time, never tuned.
+COVERAGE_POOL = "candleflow_coverage"
+
+
+def pipeline_pools() -> dict[str, dict]:
+    """Every Airflow pool the DAGs name: one per exchange, and the coverage report's."""
+    return {**exchange_pools(), COVERAGE_POOL: {
+        "slots": 1, "description": "coverage report rebuilds, one at a time (a month table is read, then written)"}}
+
+
 def exchange_pools() -> dict[str, dict]:
     """The Airflow pools the ingest tasks run in, one per exchange: {name: {"slots", "description"}}
     (created at startup: `airflow pools set <name> <slots> "<description>"`)."""

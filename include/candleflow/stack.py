@@ -293,7 +293,8 @@ class LocalStack:
             self.ensure_pools()
 
     def ensure_pools(self) -> None:
-        """Create or update the per-exchange pools the ingest tasks run in (include/config/budgets.yaml):
+        """Create or update the pools the tasks run in (one per exchange, include/config/budgets.yaml;
+        the coverage report's):
         a task whose pool does not exist is never scheduled."""
         pools = self.airflow_home / "pools.json"
         pools.write_text(json.dumps(pools_spec(), indent=2, sort_keys=True))
@@ -309,9 +310,9 @@ class LocalStack:
 
 def pools_spec() -> dict[str, dict]:
     """The pools in `airflow pools import` format ({name: {slots, description, include_deferred}})."""
-    from candleflow.config import exchange_pools
+    from candleflow.config import pipeline_pools
 
-    return {name: {**pool, "include_deferred": False} for name, pool in exchange_pools().items()}
+    return {name: {**pool, "include_deferred": False} for name, pool in pipeline_pools().items()}
 
 
 def _healthy(url: str) -> bool:

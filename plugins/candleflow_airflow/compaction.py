@@ -5,8 +5,9 @@ into one entry per covered stretch (candleflow.coverage.compact_day). XCom carri
 
 from __future__ import annotations
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import TriggerRule, get_current_context, task
 
+from candleflow.config import COVERAGE_POOL
 from candleflow_airflow.aws import s3_client
 
 
@@ -61,11 +62,14 @@ def compact(request: dict) -> dict:
     return totals
 
 
-@task
+@task(trigger_rule=TriggerRule.ALL_DONE, pool=COVERAGE_POOL)
 def coverage_reports(requests: list[dict]) -> dict:
     """Rebuild each timeframe's coverage report from the months of the compacted days (their
     ledger is one entry per pair and day now); the other months' daily tables are reused. A
-    timeframe without ledger entries in those months and no report yet gets none."""
+    timeframe never ingested gets none. It runs when an exchange's compaction failed too (it only
+    reads the ledger), and in the one-slot pool `candleflow_coverage` with ohlcv_backfill's
+    `coverage_report`: a month's table is read, then written whole, so two at once could put back
+    a stale one."""
     from candleflow import coverage
     from candleflow.config import TIMEFRAMES, load_pipeline
 

@@ -3,7 +3,8 @@
     plan ──► ingest_<exchange> ──► verdict_<exchange>        (fails if a batch was quarantined)
                  │   (pool candleflow_<exchange>)
                  ├──► announce_<tf>   (emits the candleflow_ohlcv_<tf> asset once per run, listing what landed)
-                 ├──► coverage_report (coverage table + heatmap of the run's pairs, in the lake)
+                 ├──► coverage_report (ohlcv_backfill only: the coverage table + heatmap of its months;
+                 │                     pool candleflow_coverage; scheduled runs leave it to lake_compaction)
                  └──► fail_if_any_exchange_failed (watcher: a partial failure fails the run)
 
 - ingest_<exchange>: one task per exchange, in that exchange's Airflow pool `candleflow_<exchange>`
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from airflow.sdk import TriggerRule, get_current_context, task
 
-from candleflow.config import EXCHANGES, pool_name
+from candleflow.config import COVERAGE_POOL, EXCHANGES, pool_name
 from candleflow_airflow.assets import OHLCV_BY_TIMEFRAME
 from candleflow_airflow.aws import s3_client
 from candleflow_airflow.notifiers import ban_alert
@@ -208,17 +209,14 @@ def announce(reports, timeframe: str, outlet_events=None) -> dict:
     return summary
 
 
-@task(trigger_rule=TriggerRule.ALL_DONE)
+@task(trigger_rule=TriggerRule.ALL_DONE, pool=COVERAGE_POOL)
 def coverage_report(reports) -> dict:
     """Rebuild the coverage table and heatmap of the timeframe(s) a backfill touched, from the
-    ledger of the months its chunks cover. A scheduled run leaves it to `lake_compaction`, which
-    rebuilds the months of the days it compacts: re-reading a month of ledger every minute (a 1m
-    ingest) would cost more than the collection itself."""
+    ledger of the months its chunks cover. In the one-slot pool `candleflow_coverage`, like
+    lake_compaction's `coverage_reports`: a month's table is read, then written whole."""
     from candleflow import coverage, lake
     from candleflow.config import load_pipeline, parse_utc
 
-    if getattr(get_current_context()["dag"], "schedule", None) is not None:
-        return {"deferred": "scheduled runs: lake_compaction rebuilds the coverage report daily"}
     cfg = load_pipeline()
     s3 = s3_client(cfg.lake.aws_conn_id)
     published = {}
@@ -238,17 +236,21 @@ def fail_if_any_exchange_failed() -> None:
                                "everything else landed")
 
 
-def ohlcv_ingest_graph(requests, timeframes: tuple[str, ...]) -> None:
+def ohlcv_ingest_graph(requests, timeframes: tuple[str, ...], *, coverage: bool = False) -> None:
     """Wire ingest and verdict per exchange (each ingest in its exchange's pool), announce (one per
-    timeframe the DAG may collect), coverage and the watcher after a plan task."""
+    timeframe the DAG may collect), quality checks, the coverage report (`coverage`: ohlcv_backfill)
+    and the watcher after a plan task. The scheduled DAGs have no coverage report task:
+    re-reading a month of ledger every minute (a 1m ingest) would cost more than the collection;
+    lake_compaction rebuilds it daily."""
     reports = [ingest.override(task_id=f"ingest_{exchange}", pool=pool_name(exchange))(requests, exchange=exchange)
                for exchange in EXCHANGES]
     verdicts = [verdict.override(task_id=f"verdict_{exchange}")(report)
                 for exchange, report in zip(EXCHANGES, reports, strict=True)]
     done = [announce.override(task_id=f"announce_{tf}", outlets=[OHLCV_BY_TIMEFRAME[tf]])(reports, timeframe=tf)
             for tf in timeframes]
-    cov = coverage_report(reports)
     checks = quality_checks(reports)
     watcher = fail_if_any_exchange_failed()
     [*reports, *verdicts, checks] >> watcher
-    [*done, cov] >> watcher
+    done >> watcher
+    if coverage:
+        coverage_report(reports) >> watcher

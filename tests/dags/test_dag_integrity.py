@@ -125,3 +125,18 @@ def test_ruff_airflow_rules_clean():
     out = subprocess.run([str(ruff), "check", "--select", "AIR", "dags", "plugins", "include"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_pool_a_task_names_is_created_at_startup(dag_bag):
+    # a task whose pool does not exist is never scheduled: make up and compose's airflow-init
+    # create the pools of candleflow.stack.pools_spec, so every pool named must be there
+    from candleflow.stack import pools_spec
+
+    named = {task.pool for dag in dag_bag.dags.values() for task in dag.tasks} - {"default_pool"}
+    assert named and named <= set(pools_spec()), sorted(named - set(pools_spec()))
+    backfill = dag_bag.get_dag("ohlcv_backfill").get_task("coverage_report")
+    assert backfill.pool == "candleflow_coverage"
+    assert dag_bag.get_dag("lake_compaction").get_task("coverage_reports").pool == "candleflow_coverage"
+    # the scheduled ingests leave the report to lake_compaction
+    assert all("coverage_report" not in dag.task_ids for dag_id, dag in dag_bag.dags.items()
+               if dag_id.startswith("ohlcv_ingest"))
