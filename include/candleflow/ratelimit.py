@@ -153,14 +153,16 @@ class Limiter:
         caller sends once the wait is over."""
         charges = self._charges(url)
         with self._locked() as state:
-            blocked = max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
+            blocked = self._blocked(state, [key for key, _, _ in charges])
             if blocked > now:
                 return blocked - now, False
             factor = self._factor(state, now)
+            scoped = state.get("factors", {})
             send_at = now
             plans = []
             for key, bucket, cost in charges:
-                rate = bucket.rate * self.margin * factor
+                own = self._factor({"factor": scoped[key][0], "factor_at": scoped[key][1]}, now) if key in scoped else 1.0
+                rate = bucket.rate * self.margin * min(factor, own)
                 burst = (self.margin if bucket.type == "counter" else (1 - self.margin) / 2) * bucket.limit
                 tat = max(state["tat"].get(key, 0.0), now)
                 # GCRA: the request may go once the bucket's theoretical arrival time, minus the
@@ -217,7 +219,7 @@ class Limiter:
         logged = [(key, bucket, cost) for key, bucket, cost in self._charges(url)
                   if bucket.type == "window" and bucket.limit <= LOGGED_LIMIT]
         with self._locked() as state:
-            blocked = max(state.get("banned_until", 0.0), state.get("hold_until", 0.0))
+            blocked = self._blocked(state, [key for key, _, _ in self._charges(url)])
             if blocked > now:
                 return blocked - now
             logs = state.setdefault("log", {})
@@ -255,7 +257,33 @@ class Limiter:
         hold = self._steer(url, headers, now)
         if hold:
             with self._locked() as state:
-                state["hold_until"] = max(state.get("hold_until", 0.0), hold)
+                self._hold(state, url, hold)
+
+    # --- holds ------------------------------------------------------------------------------------
+    def _scope(self, url: str) -> list[str] | None:
+        """Whom a refusal or a steer of this request holds: None = every request of the exchange
+        (the request spends its first bucket, the IP-wide one: spot weight, bybit's IP budget);
+        otherwise only the buckets it spends (binance's futures routes, okx's per-instrument
+        derivatives), which the exchange meters apart: a futures hold must not stop spot candles."""
+        charges = self._charges(url)
+        if not charges or any(bucket is self.budget.buckets[0] for _, bucket, _ in charges):
+            return None
+        return [key for key, _, _ in charges]
+
+    def _hold(self, state: dict, url: str, until: float) -> None:
+        scope = self._scope(url)
+        if scope is None:
+            state["hold_until"] = max(state.get("hold_until", 0.0), until)
+            return
+        holds = state.setdefault("holds", {})
+        for key in scope:
+            holds[key] = max(holds.get(key, 0.0), until)
+
+    @staticmethod
+    def _blocked(state: dict, keys: list[str]) -> float:
+        """Until when a request spending `keys` must wait: a ban, an exchange-wide hold, or a hold of one of its buckets."""
+        holds = state.get("holds", {})
+        return max(state.get("banned_until", 0.0), state.get("hold_until", 0.0), *(holds.get(k, 0.0) for k in keys))
 
     def _steer(self, url: str, headers: dict, now: float) -> float | None:
         budget = self.budget
@@ -286,13 +314,21 @@ class Limiter:
             wait = max(0.0, reset_ms / 1000.0 - now)
         else:                               # okx, coinbase: one window; kraken's counter: one decay step
             wait = min(windows) if windows else 1.0
+        scope = self._scope(url)
         with self._locked() as state:
-            state["hold_until"] = max(state.get("hold_until", 0.0), now + wait)
-            state["factor"] = max(MIN_FACTOR, self._factor(state, now) / 2)
-            state["factor_at"] = now
+            self._hold(state, url, now + wait)
+            if scope is None:
+                state["factor"] = max(MIN_FACTOR, self._factor(state, now) / 2)
+                state["factor_at"] = now
+            else:   # only the refused route's buckets slow down
+                factors = state.setdefault("factors", {})
+                for key in scope:
+                    old = factors.get(key)
+                    current = self._factor({"factor": old[0], "factor_at": old[1]}, now) if old else 1.0
+                    factors[key] = [max(MIN_FACTOR, current / 2), now]
             state["refusals"] = state.get("refusals", 0) + 1
-        log.warning("%s refused a request (rate limited): every collector holds %.1f s and halves its pace (%s)",
-                    self.exchange, wait, url)
+        log.warning("%s refused a request (rate limited): every collector %s holds %.1f s and halves its pace (%s)",
+                    self.exchange, "of this exchange" if scope is None else f"of {', '.join(scope)}", wait, url)
 
     def _banned(self, now: float, seconds: float, status: int, url: str) -> None:
         until = now + seconds

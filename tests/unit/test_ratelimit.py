@@ -204,7 +204,30 @@ def test_binance_futures_routes_are_paced_on_their_own_limits(tmp_path):
     assert limiter._reserve(klines, now)[0] == pytest.approx(0, abs=1e-6)
     # the used-weight header of a futures answer is the futures weight (2400 a minute), not spot's 6000
     limiter.observe(funding, 200, {"X-MBX-USED-WEIGHT-1M": "2300"}, "[]")
-    assert limiter.snapshot()["hold_until"] - now == pytest.approx((2300 - 0.9 * 2400) / 40, abs=0.5)
+    assert limiter.snapshot()["holds"]["fapi_weight_1m"] - now == pytest.approx((2300 - 0.9 * 2400) / 40, abs=0.5)
+
+
+def test_a_futures_hold_or_refusal_does_not_stop_spot_candles(tmp_path):
+    """binance meters spot and USDⓈ-M futures apart: a futures route nearly spent by another client,
+    or refused, holds and slows the futures routes only; a spot refusal still holds everything."""
+    limiter = ratelimit.Limiter(_budget("binance"), tmp_path, path_prefix="")
+    funding = "https://fapi.binance.com/fapi/v1/fundingRate?symbol=BTCUSDT&limit=1000"
+    info = "https://fapi.binance.com/fapi/v1/exchangeInfo"
+    klines = "https://api.binance.com/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1000"
+    limiter.observe(info, 200, {"X-MBX-USED-WEIGHT-1M": "2390"}, "{}")
+    limiter.observe(funding, 429, {"Retry-After": "30"}, '{"code":-1003}')
+    now = time.time()
+    assert limiter._reserve(klines, now) == (pytest.approx(0, abs=1e-6), True)   # spot goes on, unslowed
+    wait, reserved = limiter._reserve(funding, now)
+    assert not reserved and wait == pytest.approx(30, abs=1.0)
+    assert limiter._reserve(info, now)[0] >= (2390 - 0.9 * 2400) / 40 - 0.5     # its own steer hold
+    state = limiter.snapshot()
+    assert state.get("hold_until", 0) < now and state.get("factor", 1.0) == 1.0
+    assert state["factors"]["fapi_funding_5m"][0] == pytest.approx(0.5) and state["refusals"] == 1
+    # a spot refusal: every collector of the exchange holds and halves its pace, as before
+    limiter.observe(klines, 429, {"Retry-After": "5"}, '{"code":-1003}')
+    state = limiter.snapshot()
+    assert state["hold_until"] - time.time() == pytest.approx(5, abs=1.0) and state["factor"] == pytest.approx(0.5, abs=0.05)
 
 
 def test_bybit_remaining_header_steers_until_its_reset(tmp_path):
