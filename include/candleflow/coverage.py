@@ -364,17 +364,35 @@ def month_table_key(timeframe: str, month: str) -> str:
     return f"{REPORT_PREFIX}/timeframe={timeframe}/days/month={month}.parquet"
 
 
-def _pairs(s3, bucket: str, prefix: str) -> list[tuple[str, str]]:
-    """(exchange, symbol) of every pair with a ledger, found by delimiter listings (the cost is the
-    number of pairs, not of entries)."""
+def ledger_paths(s3, bucket: str, *, exchange: str | None = None, symbol: str | None = None,
+                 timeframe: str | None = None, prefix: str = COVERAGE_PREFIX) -> list[str]:
+    """`<prefix>/exchange=…/symbol=…/timeframe=…/` of every pair with a ledger (narrowed by the
+    levels given), discovered level by level with delimiter listings: the cost is the number of
+    pairs, not of entries."""
     from candleflow.compaction import _common_prefixes
 
-    pairs = []
-    for ex_path in _common_prefixes(s3, bucket, f"{prefix}/"):
-        exchange = ex_path.rstrip("/").rsplit("exchange=", 1)[-1]
-        for sym_path in _common_prefixes(s3, bucket, ex_path):
-            pairs.append((exchange, sym_path.rstrip("/").rsplit("symbol=", 1)[-1]))
-    return pairs
+    paths = [f"{prefix}/"]
+    for level, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
+        if value:
+            paths = [f"{path}{level}={value}/" for path in paths]
+            continue
+        paths = [child for path in paths for child in _common_prefixes(s3, bucket, path)
+                 if child[len(path):].startswith(f"{level}=")]
+    return paths
+
+
+def _read_timeframe(s3, bucket: str, timeframe: str, paths: list[str], prefix: str, start: datetime | None = None,
+                    end: datetime | None = None) -> list[LedgerEntry]:
+    """The timeframe's entries of [start, end) under `paths` (ledger_paths), a few pairs in flight,
+    each listed from its first wanted date."""
+    from candleflow.lake import _in_flight
+
+    def pair(path: str) -> list[LedgerEntry]:
+        levels = dict(part.split("=", 1) for part in path.strip("/").split("/")[1:])
+        return read_entries(s3, bucket, exchange=levels["exchange"], symbol=levels["symbol"], timeframe=timeframe,
+                            prefix=prefix, start=start, end=end)
+
+    return [entry for entries in _in_flight(pair, paths) for entry in entries]
 
 
 def _put_days(s3, bucket: str, key: str, daily) -> None:
@@ -391,11 +409,10 @@ def _put_days(s3, bucket: str, key: str, daily) -> None:
 def _rebuild_all(s3, bucket: str, timeframe: str, prefix: str) -> int:
     """Every month's daily table from the timeframe's whole ledger, listed pair by pair; tables of
     months without entries are deleted. Returns the number of months written."""
-    from candleflow.lake import _in_flight, list_objects
+    from candleflow.lake import list_objects
 
-    per_pair = _in_flight(lambda pair: read_entries(
-        s3, bucket, exchange=pair[0], symbol=pair[1], timeframe=timeframe, prefix=prefix), _pairs(s3, bucket, prefix))
-    daily = daily_counts([e for entries in per_pair for e in entries])
+    paths = ledger_paths(s3, bucket, timeframe=timeframe, prefix=prefix)
+    daily = daily_counts(_read_timeframe(s3, bucket, timeframe, paths, prefix))
     by_month = {month: rows for month, rows in daily.groupby(daily["date"].str[:7])} if len(daily) else {}
     for key in list_objects(s3, bucket, f"{REPORT_PREFIX}/timeframe={timeframe}/days/"):
         if key.rsplit("month=", 1)[-1][:7] not in by_month:
@@ -408,16 +425,14 @@ def _rebuild_all(s3, bucket: str, timeframe: str, prefix: str) -> int:
 def update_months(s3, bucket: str, timeframe: str, months: list[str], prefix: str = COVERAGE_PREFIX) -> list[str]:
     """Rebuild the daily table of each month (`…/days/month=YYYY-MM.parquet`) from that month's
     ledger entries only; returns the keys written."""
-    from candleflow.lake import _in_flight, partition_window
+    from candleflow.lake import partition_window
 
-    pairs = _pairs(s3, bucket, prefix)
+    paths = ledger_paths(s3, bucket, timeframe=timeframe, prefix=prefix)
     keys = []
     for month in sorted(set(months)):
-        lo, hi = partition_window("month", month)
-        per_pair = _in_flight(lambda pair, lo=lo, hi=hi: read_entries(
-            s3, bucket, exchange=pair[0], symbol=pair[1], timeframe=timeframe, prefix=prefix, start=lo, end=hi), pairs)
         key = month_table_key(timeframe, month)
-        _put_days(s3, bucket, key, daily_counts([e for entries in per_pair for e in entries]))
+        _put_days(s3, bucket, key, daily_counts(_read_timeframe(s3, bucket, timeframe, paths, prefix,
+                                                                *partition_window("month", month))))
         keys.append(key)
     return keys
 
@@ -545,15 +560,9 @@ def compact_day(s3, bucket: str, date: str, *, exchange: str | None = None, symb
     """Compact the ledger of a finished UTC day for every pair (narrowed by exchange, symbol,
     timeframe); pairs are discovered level by level with delimiter listings, not by listing their
     history. Returns one summary per pair-day that holds ledger objects."""
-    from candleflow.compaction import _check_date, _common_prefixes
+    from candleflow.compaction import _check_date
 
     _check_date(date, now)
-    paths = [f"{prefix}/"]
-    for level, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
-        if value:
-            paths = [f"{path}{level}={value}/" for path in paths]
-            continue
-        paths = [child for path in paths for child in _common_prefixes(s3, bucket, path)
-                 if child[len(path):].startswith(f"{level}=")]
+    paths = ledger_paths(s3, bucket, exchange=exchange, symbol=symbol, timeframe=timeframe, prefix=prefix)
     results = [compact_pair_day(s3, bucket, f"{path}date={date}/") for path in paths]
     return [r for r in results if r["status"] != "empty"]
