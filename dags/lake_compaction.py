@@ -11,8 +11,8 @@ written before anything is deleted, and they deduplicate. A part written after c
 wins (compacted objects sort first) and is merged the next day. Re-running a run changes nothing:
 a partition with nothing new to merge is left alone. The same task merges each pair's gap-ledger
 windows of those days (`coverage/…/date=…/`, a 1m ingest writes 1,440 a day) into one entry per
-covered stretch, with the verdict each candle had; then `coverage_reports` rebuilds each
-timeframe's coverage report from those days' months. `quarantine/` is not touched. Details:
+covered stretch, with the verdict each candle had; then `coverage_reports` rebuilds the coverage
+report of each timeframe found in those days' ledger, from those days' months. `quarantine/` is not touched. Details:
 docs/lake.md.
 """
 

@@ -1,7 +1,8 @@
 """The `lake_compaction` task graph: plan the finished days of the run's data interval, then one
 mapped `compact` task per exchange merges, in each (symbol, timeframe, month) partition, the parts of
 those days into one object (candleflow.compaction), and each pair's gap-ledger windows of those days
-into one entry per covered stretch (candleflow.coverage.compact_day). XCom carries counts only."""
+into one entry per covered stretch (candleflow.coverage.compact_day); then `coverage_reports`
+rebuilds the coverage report of the timeframes those ledgers hold. XCom carries counts and names only."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def compact(request: dict) -> dict:
     s3 = s3_client(cfg.lake.aws_conn_id)
     spec = lake.ohlcv_spec(cfg.lake.ohlcv_prefix)
     totals = {"exchange": request["exchange"], "dates": request["dates"], "partitions": 0, "compacted": 0,
-              "objects_merged": 0, "parts_kept": 0, "rows": 0, "ledger_days": 0, "ledger_objects_merged": 0}
+              "objects_merged": 0, "parts_kept": 0, "rows": 0, "ledger_days": 0, "ledger_objects_merged": 0,
+              "ledger_timeframes": set()}
     # newest day first: its merge takes the earlier days of the same month too, which then have
     # nothing left to merge (one rewrite of the month's compacted object, not one per day)
     for date in sorted(request["dates"], reverse=True):
@@ -55,31 +57,36 @@ def compact(request: dict) -> dict:
                 totals["parts_kept"] += len(result.kept)
         # the gap ledger of the same day: its windows (a 1m ingest writes 1,440 per pair) → one entry
         for result in coverage.compact_day(s3, cfg.lake.bucket, date, exchange=request["exchange"]):
+            totals["ledger_timeframes"].add(result["prefix"].split("/timeframe=", 1)[1].split("/", 1)[0])
             if result["status"] == "compacted":
                 totals["ledger_days"] += 1
                 totals["ledger_objects_merged"] += result["merged"]
                 totals["parts_kept"] += len(result["kept"])
+    totals["ledger_timeframes"] = sorted(totals["ledger_timeframes"])
     return totals
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE, pool=COVERAGE_POOL)
-def coverage_reports(requests: list[dict]) -> dict:
-    """Rebuild each timeframe's coverage report from the months of the compacted days (their
-    ledger is one entry per pair and day now); the other months' daily tables are reused. A
-    timeframe never ingested gets none. It runs when an exchange's compaction failed too (it only
-    reads the ledger), and in the one-slot pool `candleflow_coverage` with ohlcv_backfill's
-    `coverage_report`: a month's table is read, then written whole, so two at once could put back
-    a stale one."""
+def coverage_reports(requests: list[dict], compacted) -> dict:
+    """Rebuild the coverage report of each timeframe whose ledger the compaction found on those
+    days, from the months of those days (one entry per pair and day now); the other months' daily
+    tables are reused. It runs when an exchange's compaction failed too (it only reads the ledger):
+    without that exchange's answer it rebuilds every timeframe. In the one-slot pool
+    `candleflow_coverage` with ohlcv_backfill's `coverage_report`: a month's table is read, then
+    written whole, so two at once could put back a stale one."""
     from candleflow import coverage
     from candleflow.config import TIMEFRAMES, load_pipeline
 
     cfg = load_pipeline()
     s3 = s3_client(cfg.lake.aws_conn_id)
     months = sorted({date[:7] for request in requests for date in request["dates"]})
+    answers = [c for c in (compacted or []) if c]
+    timeframes = (sorted({tf for c in answers for tf in c["ledger_timeframes"]}) if len(answers) == len(requests)
+                  else TIMEFRAMES)
     return {timeframe: coverage.publish_report(s3, cfg.lake.bucket, timeframe, months=months)
-            for timeframe in TIMEFRAMES}
+            for timeframe in timeframes}
 
 
 def lake_compaction_graph() -> None:
     requests = plan_compaction()
-    compact.expand(request=requests) >> coverage_reports(requests)
+    coverage_reports(requests, compact.expand(request=requests))

@@ -61,6 +61,13 @@ def test_lake_compaction_dag_compacts_the_finished_days_per_exchange(airflow_db,
         tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances(session=session)}
     assert [tis[("compact", i)].state for i in range(5)] == ["success"] * 5
     assert tis[("coverage_reports", -1)].state == "success"
+    # only the timeframe whose ledger the compaction found is rebuilt (no pair scans for 1m/5m/15m)
+    from airflow.models.xcom import XComModel
+
+    with Session() as session:
+        [published] = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids="lake_compaction",
+                                                         task_ids="coverage_reports", key="return_value")).all()
+    assert sorted(XComModel.deserialize_value(published)) == ["1h"]
     listing = lake.list_objects(s3_client, bucket)
     by_partition: dict[str, list[str]] = {}
     for key in listing:
