@@ -32,18 +32,11 @@ import pandas as pd
 from candleflow import coverage
 from candleflow.config import TIMEFRAME_MS
 from candleflow.lake import _in_flight
-from candleflow.stack import AWS_KEY, AWS_REGION, LocalStack, Ports
+from candleflow.stack import LocalStack, Ports
 
 EXCHANGES = ["binance", "coinbase", "kraken", "bybit", "okx"]
 SYMBOLS = ["BTC", "ETH", "SOL", "ADA", "DOT", "AVAX", "LINK", "LTC", "XLM", "ATOM"]
 HOUR = TIMEFRAME_MS["1h"]
-
-
-def client(endpoint: str):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name=AWS_REGION,
-                        aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_KEY)
 
 
 def day_entry(exchange: str, symbol: str, day: datetime, present_hours=range(24)):
@@ -84,7 +77,7 @@ def main() -> int:
         try:
             stack.start("moto")
             stack.ensure_buckets()
-            s3, bucket = client(stack.s3_endpoint), stack.lake_bucket
+            s3, bucket = stack.s3_client(), stack.lake_bucket
             started = time.perf_counter()
             _in_flight(lambda job: coverage.write_entries(s3, bucket, day_entry(*job)),
                        [(e, s, d) for e, s in pairs for d in days])
